@@ -1,0 +1,188 @@
+"""`gte-onnx <verb>`: one entry point. Each verb lives with its stage and is imported only when called,
+so `gte-onnx embed` never loads torch and `gte-onnx export` is the only verb that needs it."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from .errors import GteOnnxError
+
+# verb -> ("module:function", one-line help). The function takes argv (after the verb) and returns an exit code.
+VERBS: dict[str, tuple[str, str]] = {
+    "export": ("gte_onnx.export.cli:main", "PyTorch checkpoint -> validated ONNX model folder [export]"),
+    "quantize": ("gte_onnx.quantize.cli:main", "add fp16 / int8 / q4 variants to a model folder [quantize]"),
+    "embed": ("gte_onnx.cli:embed_main", "embed texts with a model folder"),
+    "rerank": ("gte_onnx.cli:rerank_main", "score documents against a query with a reranker folder"),
+    "reference": ("gte_onnx.parity.cli:reference_main", "PyTorch reference outputs for parity [parity]"),
+    "parity": ("gte_onnx.parity.cli:parity_main", "fidelity report of each variant against a reference"),
+    "bench": ("gte_onnx.bench.cli:main", "benchmark variants x providers x shapes [bench]"),
+    "serve": ("gte_onnx.server.main:main", "HTTP server: OpenAI, TEI and Cohere APIs [server]"),
+    "info": ("gte_onnx.cli:info_main", "print a model folder's manifest summary"),
+}
+
+
+def _load(target: str) -> Callable[[list[str]], int]:
+    module, _, func = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module), func)
+    except ImportError as exc:
+        print(f"error: this verb needs a package that is not installed ({exc}).", file=sys.stderr)
+        extra = {"gte_onnx.export": "export", "gte_onnx.quantize": "quantize", "gte_onnx.parity": "parity",
+                 "gte_onnx.bench": "bench", "gte_onnx.server": "server"}
+        for prefix, name in extra.items():
+            if module.startswith(prefix):
+                print(f"install it with: pip install 'gte-onnx[{name}]'", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: gte-onnx <verb> [options]\n\nverbs:")
+        for verb, (_, help_text) in VERBS.items():
+            print(f"  {verb:<10} {help_text}")
+        print("\n`gte-onnx <verb> --help` describes each verb.")
+        return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        from . import __version__
+
+        print(__version__)
+        return 0
+    verb, rest = argv[0], argv[1:]
+    if verb not in VERBS:
+        print(f"error: unknown verb {verb!r}; one of: {', '.join(VERBS)}", file=sys.stderr)
+        return 2
+    func = _load(VERBS[verb][0])
+    try:
+        return int(func(rest) or 0)
+    except GteOnnxError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+# ---- shared option groups ---------------------------------------------------------------------------
+def add_runtime_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--variant", default="auto", help="variant name (fp32, int8, q4, ...) or auto")
+    parser.add_argument("--providers", default=None, help="comma-separated, e.g. cpu or cuda,cpu")
+    parser.add_argument("--threads", type=int, default=None, help="intra-op threads (default: physical cores)")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--max-batch-tokens", type=int, default=16384)
+    parser.add_argument("--truncate", choices=("end", "start", "error"), default="end")
+
+
+def _providers(value: str | None):
+    return None if value is None else [p.strip() for p in value.split(",") if p.strip()]
+
+
+def _read_lines(items: list[str], file: str | None) -> list[str]:
+    """Arguments win; then --file (or '-' for stdin); then stdin when it is piped."""
+    if items:
+        return list(items)
+    if file is not None and file != "-":
+        with open(file, encoding="utf-8") as fh:
+            return [line.rstrip("\n") for line in fh if line.strip()]
+    if file == "-" or not sys.stdin.isatty():
+        return [line.rstrip("\n") for line in sys.stdin if line.strip()]
+    return []
+
+
+# ---- embed ------------------------------------------------------------------------------------------
+def embed_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="gte-onnx embed",
+        description="Embed texts (arguments, --file, or one per line on stdin). Writes JSON lines or .npy.",
+    )
+    parser.add_argument("model", help="model folder (or hub id of a gte-onnx folder)")
+    parser.add_argument("texts", nargs="*", help="texts to embed")
+    parser.add_argument("--file", help="read texts from FILE, one per line ('-' for stdin)")
+    parser.add_argument("--output", "-o", help="write here: *.npy for a numpy array, else JSON lines (default stdout)")
+    norm = parser.add_mutually_exclusive_group()
+    norm.add_argument("--normalize", dest="normalize", action="store_true", default=None)
+    norm.add_argument("--no-normalize", dest="normalize", action="store_false")
+    add_runtime_options(parser)
+    args = parser.parse_intermixed_args(argv)
+    texts = _read_lines(args.texts, args.file)
+    if not texts:
+        parser.error("no texts: give them as arguments, with --file, or on stdin")
+    from .embedder import Embedder
+
+    model = Embedder(args.model, args.variant, _providers(args.providers), args.threads, args.max_batch_tokens, args.truncate)
+    vectors = model.encode(texts, batch_size=args.batch_size, normalize=args.normalize)
+    if vectors.truncated:
+        print(f"note: {len(vectors.truncated)} input(s) truncated to {model.max_length} tokens", file=sys.stderr)
+    if args.output and args.output.endswith(".npy"):
+        import numpy as np
+
+        np.save(args.output, np.asarray(vectors))
+        print(f"wrote {len(texts)} x {vectors.shape[1]} float32 to {args.output}", file=sys.stderr)
+        return 0
+    out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    try:
+        for i, (text, vec) in enumerate(zip(texts, vectors)):
+            record = {"index": i, "text": text, "truncated": i in vectors.truncated, "embedding": [round(float(x), 7) for x in vec]}
+            out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    return 0
+
+
+# ---- rerank -----------------------------------------------------------------------------------------
+def rerank_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="gte-onnx rerank",
+        description="Score documents against a query (documents as arguments, --file, or stdin lines).",
+    )
+    parser.add_argument("model", help="reranker model folder")
+    parser.add_argument("documents", nargs="*")
+    parser.add_argument("--query", "-q", required=True)
+    parser.add_argument("--file", help="read documents from FILE, one per line ('-' for stdin)")
+    parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--raw", action="store_true", help="raw logits instead of sigmoid scores")
+    add_runtime_options(parser)
+    args = parser.parse_intermixed_args(argv)
+    docs = _read_lines(args.documents, args.file)
+    if not docs:
+        parser.error("no documents: give them as arguments, with --file, or on stdin")
+    from .reranker import Reranker
+
+    model = Reranker(args.model, args.variant, _providers(args.providers), args.threads, args.max_batch_tokens, args.truncate)
+    ranked = model.rerank(
+        args.query, docs, top_k=args.top_k, return_documents=True, batch_size=args.batch_size,
+        activation=None if args.raw else "sigmoid",
+    )
+    if model.last_truncated:
+        print(f"note: {len(model.last_truncated)} pair(s) truncated to {model.max_length} tokens", file=sys.stderr)
+    for item in ranked:
+        print(json.dumps(item, ensure_ascii=False))
+    return 0
+
+
+# ---- info -------------------------------------------------------------------------------------------
+def info_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="gte-onnx info", description="Summarise a model folder's manifest.")
+    parser.add_argument("model")
+    args = parser.parse_args(argv)
+    from .manifest import Manifest
+
+    manifest = Manifest.load(Path(args.model))
+    print(f"task {manifest.task}, pooling {manifest.pooling}, normalize {manifest.normalize}, "
+          f"max_length {manifest.max_length}, dim {manifest.dim}, source {manifest.source.get('model_id')}"
+          + (" (random weights)" if manifest.source.get("random_weights") else ""))
+    for name, v in manifest.variants.items():
+        gate = "passes" if v.passes_gate() else "FAILS/unmeasured"
+        print(f"  {name:<8} {v.file:<22} {v.bytes / 1e6:8.1f} MB  gate {gate}")
+    for provider, ranking in manifest.speed_ranking.items():
+        print(f"  fastest on {provider}: {', '.join(ranking)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

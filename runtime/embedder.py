@@ -1,0 +1,110 @@
+"""Embedder.encode: texts in, float32 embeddings out (the sentence-transformers API)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .batching import DEFAULT_MAX_BATCH_TOKENS
+from .loaded import LoadedModel
+from .pooling import l2_normalize, pool
+from .tokenize import check_policy, check_texts, warn_truncated
+
+
+class Embeddings(np.ndarray):
+    """A float32 array of embeddings that also says which inputs were truncated.
+
+    `.truncated` holds the indices of inputs cut to the max length, `.token_counts` the tokens each input
+    had before truncation. It is a plain ndarray in every other way.
+    """
+
+    truncated: tuple[int, ...] = ()
+    token_counts: tuple[int, ...] = ()
+
+    def __array_finalize__(self, obj):
+        if obj is not None:
+            self.truncated = getattr(obj, "truncated", ())
+            self.token_counts = getattr(obj, "token_counts", ())
+
+
+class Embedder:
+    """Embed texts with an exported model folder (or hub id), on the CPU or CUDA execution providers.
+
+    >>> model = Embedder("gte-modernbert-base-onnx")
+    >>> vectors = model.encode(["what is the capital of China?", "Beijing"])
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        variant: str = "auto",
+        providers: Sequence[str] | str | None = None,
+        threads: int | None = None,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        truncate: str = "end",
+        revision: str | None = None,
+        verify: bool = True,
+    ):
+        self._model = LoadedModel(
+            model, "embedding", variant, providers, threads, max_batch_tokens, truncate, revision, verify
+        )
+        self.manifest = self._model.manifest
+        self.folder = self._model.folder
+        self.tokenizer = self._model.tokenizer
+
+    variant = property(lambda self: self._model.variant)
+    provider = property(lambda self: self._model.provider)
+    max_length = property(lambda self: self._model.max_length)
+    dim = property(lambda self: self.manifest.dim)
+    threads = property(lambda self: self._model.onnx.threads)
+
+    @property
+    def max_batch_tokens(self) -> int:
+        return self._model.max_batch_tokens
+
+    def encode(
+        self,
+        texts: str | Sequence[str],
+        batch_size: int = 32,
+        normalize: bool | None = None,
+        show_progress: bool | None = None,
+        truncate: str | None = None,
+    ) -> Embeddings:
+        """Embed one string -> (dim,), or a list of n strings -> (n, dim), float32.
+
+        normalize=None takes the manifest's default. Inputs over the max length follow `truncate`
+        ("end", "start" or "error"); truncated inputs are reported by a TruncationWarning and in
+        the result's `.truncated`.
+        """
+        single = isinstance(texts, str)
+        items = check_texts(texts)
+        policy = check_policy(truncate or self._model.truncate)
+        normalize = self.manifest.normalize if normalize is None else bool(normalize)
+        encoded = self.tokenizer.encode(items, policy)
+        warn_truncated(encoded.truncated, len(items), self.max_length, policy)
+        pooling = self.manifest.pooling
+
+        def postprocess(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+            vectors = pool(pooling, hidden, mask).astype(np.float32, copy=False)
+            return l2_normalize(vectors) if normalize else vectors
+
+        out = self._model.run_encoded(encoded, batch_size, postprocess, show_progress, "encode")
+        result = out.view(Embeddings)
+        result.truncated = encoded.truncated
+        result.token_counts = encoded.original_lengths
+        if single:
+            single_row = result[0]
+            single_row.truncated, single_row.token_counts = result.truncated, result.token_counts
+            return single_row
+        return result
+
+    def count_tokens(self, texts: str | Sequence[str]) -> list[int]:
+        return self.tokenizer.count_tokens(check_texts(texts))
+
+    def __repr__(self) -> str:
+        return (
+            f"Embedder({str(self.folder)!r}, variant={self.variant!r}, provider={self.provider!r}, "
+            f"dim={self.dim}, max_length={self.max_length})"
+        )

@@ -1,0 +1,84 @@
+"""The runtime's typed errors.
+
+Each error carries the HTTP status the server answers with, so the mapping lives in one place
+(TEI does the same). Every class subclasses ValueError or RuntimeError as well, so callers that
+catch the built-in kinds keep working.
+"""
+
+from __future__ import annotations
+
+
+class GteOnnxError(Exception):
+    """Base of every error this package raises on purpose."""
+
+    http_status = 500
+    code = "internal_error"
+
+
+class InvalidInputError(GteOnnxError, ValueError):
+    """The texts (or pairs) given to encode/rerank are not acceptable: empty, not strings, ..."""
+
+    http_status = 422
+    code = "invalid_input"
+
+
+class InputTooLongError(InvalidInputError):
+    """An input exceeds the model's max length and the truncation policy is "error"."""
+
+    http_status = 413
+    code = "input_too_long"
+
+
+class PayloadTooLargeError(GteOnnxError, ValueError):
+    """A request holds more inputs or tokens than the server accepts."""
+
+    http_status = 413
+    code = "payload_too_large"
+
+
+class OverloadedError(GteOnnxError, RuntimeError):
+    """Too many requests in flight; try again later."""
+
+    http_status = 429
+    code = "overloaded"
+
+
+class ModelFolderError(GteOnnxError, ValueError):
+    """A path that is not a usable model folder: missing manifest, missing files, bad manifest."""
+
+    http_status = 500
+    code = "model_folder_error"
+
+
+class IntegrityError(ModelFolderError):
+    """A file's sha256 or size does not match the manifest, or external data escapes the folder."""
+
+    code = "integrity_error"
+
+
+class VariantError(ModelFolderError):
+    """A requested variant does not exist in the folder, or none passes its fidelity gate."""
+
+    code = "variant_error"
+
+
+class ProviderError(GteOnnxError, RuntimeError):
+    """A requested execution provider is unavailable, or onnxruntime is missing or broken."""
+
+    http_status = 503
+    code = "provider_error"
+
+
+class MissingDependencyError(GteOnnxError, ImportError):
+    """An optional dependency is not installed; the message names the install command."""
+
+    http_status = 500
+    code = "missing_dependency"
+
+
+def missing_dependency(package: str, extra: str, purpose: str) -> MissingDependencyError:
+    """Build the error raised when an optional import fails, with the exact install hint."""
+    return MissingDependencyError(
+        f"{purpose} needs the package '{package}', which is not installed. "
+        f"Install it with: pip install 'gte-onnx[{extra}]'"
+    )

@@ -1,0 +1,40 @@
+"""Pooling and normalisation: small pure numpy functions (the fastembed shape)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def cls_pool(hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    """The first token's vector. (B, L, H) -> (B, H)."""
+    del attention_mask  # CLS is position 0 under right padding, whatever the mask says
+    return hidden[:, 0, :]
+
+
+def mean_pool(hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    """Mean over the non-pad tokens. (B, L, H) -> (B, H)."""
+    mask = attention_mask.astype(hidden.dtype)[:, :, None]
+    summed = (hidden * mask).sum(axis=1)
+    counts = np.clip(mask.sum(axis=1), 1e-9, None)  # sentence-transformers clamps the same way
+    return summed / counts
+
+
+POOLERS = {"cls": cls_pool, "mean": mean_pool}
+
+
+def pool(kind: str, hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    try:
+        pooler = POOLERS[kind]
+    except KeyError:
+        raise ValueError(f"unknown pooling {kind!r}; expected one of {sorted(POOLERS)}") from None
+    return pooler(hidden, attention_mask)
+
+
+def l2_normalize(vectors: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Rows scaled to unit length; an all-zero row stays zero instead of becoming NaN."""
+    norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
+    return vectors / np.maximum(norms, eps)
+
+
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-logits))

@@ -1,0 +1,124 @@
+"""Reranker: cross-encoder relevance scores for (query, document) pairs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .batching import DEFAULT_MAX_BATCH_TOKENS
+from .errors import InvalidInputError
+from .loaded import LoadedModel
+from .pooling import sigmoid
+from .tokenize import check_policy, check_texts, warn_truncated
+
+ACTIVATIONS = (None, "sigmoid")
+
+
+def check_pairs(pairs: object) -> list[tuple[str, str]]:
+    if isinstance(pairs, (str, bytes)) or not hasattr(pairs, "__iter__"):
+        raise InvalidInputError("pairs must be a list of (query, document) pairs")
+    items = list(pairs)  # type: ignore[call-overload]
+    if not items:
+        raise InvalidInputError("pairs is empty: give at least one (query, document) pair")
+    out = []
+    for i, pair in enumerate(items):
+        if isinstance(pair, str) or not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            raise InvalidInputError(
+                f"pairs[{i}] must be a (query, document) pair of two strings; a query alone cannot be scored"
+            )
+        query, document = pair
+        if not isinstance(query, str) or not isinstance(document, str):
+            raise InvalidInputError(
+                f"pairs[{i}] holds {type(query).__name__} and {type(document).__name__}; both must be str"
+            )
+        out.append((query, document))
+    return out
+
+
+class Reranker:
+    """Score documents against a query with an exported reranker folder (task "rerank").
+
+    >>> reranker = Reranker("gte-reranker-modernbert-base-onnx")
+    >>> reranker.rerank("what is the capital of China?", ["Beijing", "sorting algorithms"], top_k=1)
+    """
+
+    def __init__(
+        self,
+        model: str | Path,
+        variant: str = "auto",
+        providers: Sequence[str] | str | None = None,
+        threads: int | None = None,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        truncate: str = "end",
+        revision: str | None = None,
+        verify: bool = True,
+    ):
+        self._model = LoadedModel(
+            model, "rerank", variant, providers, threads, max_batch_tokens, truncate, revision, verify
+        )
+        self.manifest = self._model.manifest
+        self.folder = self._model.folder
+        self.tokenizer = self._model.tokenizer
+        self.last_truncated: tuple[int, ...] = ()
+
+    variant = property(lambda self: self._model.variant)
+    provider = property(lambda self: self._model.provider)
+    max_length = property(lambda self: self._model.max_length)
+
+    def predict(
+        self,
+        pairs: Sequence[tuple[str, str]],
+        batch_size: int = 32,
+        activation: str | None = None,
+        show_progress: bool | None = None,
+        truncate: str | None = None,
+    ) -> np.ndarray:
+        """Raw logits for each pair, (n,) for a one-label model, or sigmoid of them with activation="sigmoid".
+
+        Pairs over the max length lose document tokens first; `.last_truncated` and a warning report them.
+        """
+        if activation not in ACTIVATIONS:
+            raise InvalidInputError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+        items = check_pairs(pairs)
+        policy = check_policy(truncate or self._model.truncate)
+        encoded = self.tokenizer.encode_pairs(items, policy)
+        warn_truncated(encoded.truncated, len(items), self.max_length, policy)
+        self.last_truncated = encoded.truncated
+        logits = self._model.run_encoded(
+            encoded, batch_size, lambda raw, mask: raw.astype(np.float32, copy=False), show_progress, "rerank"
+        )
+        if logits.ndim == 2 and logits.shape[1] == 1:
+            logits = logits[:, 0]
+        return sigmoid(logits) if activation == "sigmoid" else logits
+
+    def rerank(
+        self,
+        query: str,
+        documents: Sequence[str],
+        top_k: int | None = None,
+        return_documents: bool = False,
+        batch_size: int = 32,
+        activation: str | None = "sigmoid",
+        truncate: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """Documents sorted best first, as [{"index", "score"[, "text"]}]; top_k keeps the best k."""
+        if not isinstance(query, str):
+            raise InvalidInputError(f"query must be a string, got {type(query).__name__}")
+        if isinstance(documents, str):
+            raise InvalidInputError("documents must be a list of strings, not one string")
+        docs = check_texts(documents, "documents")
+        if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
+            raise InvalidInputError(f"top_k must be a positive int or None, got {top_k!r}")
+        scores = self.predict([(query, d) for d in docs], batch_size, activation, truncate=truncate)
+        if scores.ndim != 1:
+            raise InvalidInputError("rerank needs a one-label model; use predict() for multi-label outputs")
+        order = np.argsort(-scores, kind="stable")[: top_k or len(docs)]
+        results = []
+        for i in order:
+            item: dict[str, Any] = {"index": int(i), "score": float(scores[i])}
+            if return_documents:
+                item["text"] = docs[i]
+            results.append(item)
+        return results

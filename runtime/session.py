@@ -96,6 +96,8 @@ def resolve_providers(requested: Sequence[str] | str | None) -> list[str]:
             resolved.append(canonical)
     if not resolved:
         raise ProviderError("providers is empty; pass None for the default or a list such as ['cpu']")
+    if CUDA in resolved and len(installed_ort_wheels()) > 1:
+        raise ProviderError(_missing_provider_message(CUDA, available, both_installed=True))
     if CUDA in resolved and CPU not in resolved:
         resolved.append(CPU)  # ORT places the few ops CUDA lacks on the CPU
     return resolved
@@ -108,9 +110,11 @@ def _cuda_device_present() -> bool:
     return any(Path("/dev").glob("nvidia[0-9]*")) or Path("/proc/driver/nvidia/gpus").is_dir()
 
 
-def _missing_provider_message(provider: str, available: Sequence[str]) -> str:
+def _missing_provider_message(provider: str, available: Sequence[str], both_installed: bool = False) -> str:
     wheels = installed_ort_wheels()
     msg = f"execution provider {provider} is not available (this onnxruntime offers {list(available)})."
+    if both_installed:
+        msg = f"execution provider {provider} cannot be trusted here."
     if provider == CUDA:
         if len(wheels) > 1:
             msg += (
@@ -224,4 +228,17 @@ class OnnxModel:
         return {name: available[name] for name in self.input_names}
 
     def run(self, feed: Mapping[str, np.ndarray]) -> np.ndarray:
+        if self.provider == CUDA:
+            return self._run_bound(feed)
         return self.session.run([self.output_name], dict(feed))[0]
+
+    def _run_bound(self, feed: Mapping[str, np.ndarray]) -> np.ndarray:
+        """I/O binding on CUDA: inputs are copied to the device once and the output is allocated by ORT
+        on the device, then copied back in one transfer, instead of ORT staging every tensor through
+        pageable host buffers."""
+        binding = self.session.io_binding()
+        for name, array in feed.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array))
+        binding.bind_output(self.output_name, "cuda", 0)
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]

@@ -117,13 +117,45 @@ class TextTokenizer:
 
     # ---- single texts --------------------------------------------------------------------------------
     def encode(self, texts: Sequence[str], truncate: str = "end") -> Encoded:
+        """Encode whole, then cut over-long inputs between their leading and trailing special tokens.
+
+        One pass: tokenizers' own truncation would also build the overflow pieces, which costs more than
+        the encoding itself on very long texts, and we need the uncut length for the report anyway.
+        """
         check_policy(truncate)
-        cleaned = [_clean(t) for t in texts]
-        direction = "left" if truncate == "start" else "right"
-        encodings = self._for(direction, "longest_first").encode_batch(cleaned, add_special_tokens=True)
-        return self._finish(
-            encodings, truncate, "text", lambda idx: self.count_tokens([cleaned[i] for i in idx])
-        )
+        encodings = self._plain.encode_batch([_clean(t) for t in texts], add_special_tokens=True)
+        ids, type_ids, truncated, lengths = [], [], [], []
+        for i, e in enumerate(encodings):
+            row = np.asarray(e.ids, dtype=np.int64)
+            types = np.asarray(e.type_ids, dtype=np.int64)
+            lengths.append(len(row))
+            if len(row) > self.max_length:
+                truncated.append(i)
+                keep = self._cut(np.asarray(e.special_tokens_mask, dtype=bool), truncate)
+                row, types = row[keep], types[keep]
+            ids.append(row)
+            type_ids.append(types)
+        if truncated and truncate == "error":
+            first = truncated[0]
+            raise InputTooLongError(
+                f"{len(truncated)} text(s) exceed the max length of {self.max_length} tokens "
+                f"(the first is input {first}, with {lengths[first]} tokens); pass truncate='end' or 'start' to cut them"
+            )
+        return Encoded(ids=ids, type_ids=type_ids, truncated=tuple(truncated), original_lengths=tuple(lengths))
+
+    def _cut(self, special: np.ndarray, truncate: str) -> np.ndarray:
+        """Indices to keep: the leading and trailing special tokens, and as much of the body as fits."""
+        n = len(special)
+        head = int(np.argmin(special)) if not special.all() else n
+        tail = int(np.argmin(special[::-1])) if not special.all() else 0
+        room = max(self.max_length - head - tail, 0)
+        body = np.arange(head, n - tail)
+        body = body[:room] if truncate != "start" else body[len(body) - room :]
+        return np.concatenate([np.arange(head), body, np.arange(n - tail, n)])[: self.max_length]
+
+    @property
+    def vocab_size(self) -> int:
+        return self._plain.get_vocab_size(with_added_tokens=True)
 
     def count_tokens(self, texts: Sequence[str]) -> list[int]:
         """Token counts without truncation (special tokens included)."""

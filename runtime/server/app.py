@@ -1,0 +1,203 @@
+"""The FastAPI app: OpenAI /v1/embeddings, TEI /embed and /rerank, Cohere /v1/rerank, health, metrics.
+
+Routes only translate between each API's shapes and the Engine (engine.py), which does the work.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import Any
+
+import numpy as np
+
+from .. import __version__
+from ..errors import InvalidInputError
+from ..pooling import sigmoid
+from .backend import Backend
+from .batcher import Batcher
+from .engine import Engine, param_error
+from .errors import install_error_handlers
+from .metrics import Metrics
+from .middleware import BearerAuth, BodyLimit, RequestMetrics
+from .schemas import (
+    CohereRerankRequest,
+    CohereRerankResponse,
+    EmbeddingsRequest,
+    EmbeddingsResponse,
+    Health,
+    Info,
+    ModelCard,
+    ModelList,
+    TeiEmbedRequest,
+    TeiRank,
+    TeiRerankRequest,
+)
+from .settings import ServerSettings
+
+
+def _as_json_vectors(vectors: np.ndarray) -> list[list[float]]:
+    # float32 -> Python float is exact, and json writes the shortest repr that parses back to it.
+    return vectors.astype(np.float32, copy=False).tolist()
+
+
+def _as_base64(vector: np.ndarray) -> str:
+    return base64.b64encode(np.ascontiguousarray(vector, dtype="<f4").tobytes()).decode("ascii")
+
+
+def create_app(backend: Backend, settings: ServerSettings, metrics: Metrics | None = None):
+    """The ASGI app for one loaded backend. The batch worker starts and stops with the app's lifespan."""
+    from fastapi import APIRouter, Depends, FastAPI
+    from fastapi.responses import JSONResponse, PlainTextResponse
+    from fastapi.security import HTTPBearer
+    from starlette.concurrency import run_in_threadpool
+
+    metrics = metrics or Metrics()
+    batcher = Batcher(backend.run, settings.max_batch_tokens, settings.max_concurrent_requests, metrics)
+    engine = Engine(backend, settings, batcher)
+    started = int(time.time())
+    metrics.set(
+        "gte_onnx_model_info", 1, model=settings.model_name, task=backend.task,
+        variant=backend.variant, provider=backend.provider,
+    )
+
+    @asynccontextmanager
+    async def lifespan(app):
+        batcher.start()
+        try:
+            yield
+        finally:
+            # uvicorn has already waited for in-flight requests; this finishes whatever is still queued.
+            await run_in_threadpool(batcher.stop, 60.0)
+
+    app = FastAPI(
+        title="gte-onnx",
+        version=__version__,
+        description="GTE-ModernBERT embeddings and reranking on ONNX Runtime: OpenAI, TEI and Cohere APIs.",
+        lifespan=lifespan,
+    )
+    app.state.engine = engine
+    app.state.metrics = metrics
+    install_error_handlers(app)
+
+    # The key is enforced by the BearerAuth middleware; this dependency only documents it in OpenAPI.
+    security = [Depends(HTTPBearer(auto_error=False))] if settings.api_key else []
+    api = APIRouter(dependencies=security)
+
+    # ---- OpenAI -----------------------------------------------------------------------------------------
+    @api.post("/v1/embeddings", response_model=EmbeddingsResponse, tags=["OpenAI"])
+    async def openai_embeddings(request: EmbeddingsRequest):
+        engine.require_task("embedding", "/v1/embeddings")
+        engine.check_model(request.model)
+        engine.check_dimensions(request.dimensions)
+        items, token_ids = engine.parse_inputs(request.input, "input")
+        # OpenAI's vectors are unit length and clients rely on dot product == cosine.
+        vectors, tokens = await engine.embed(items, token_ids, normalize=True, truncate=settings.truncate)
+        if request.encoding_format == "base64":
+            data = [{"object": "embedding", "index": i, "embedding": _as_base64(v)} for i, v in enumerate(vectors)]
+        else:
+            rows = _as_json_vectors(vectors)
+            data = [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)]
+        body = {
+            "object": "list",
+            "data": data,
+            "model": request.model or settings.model_name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
+        return JSONResponse(body)
+
+    @api.get("/v1/models", response_model=ModelList, tags=["OpenAI"])
+    async def list_models():
+        cards = [ModelCard(id=name, created=started, owned_by="gte-onnx") for name in settings.served_names]
+        return ModelList(data=cards)
+
+    # ---- TEI ----------------------------------------------------------------------------------------
+    async def tei_embed(request: TeiEmbedRequest, route: str):
+        engine.require_task("embedding", route)
+        engine.check_dimensions(request.dimensions)
+        if request.prompt_name is not None:
+            raise param_error(
+                InvalidInputError(f"prompt_name={request.prompt_name!r}: this model has no prompts"), "prompt_name"
+            )
+        items, token_ids = engine.parse_inputs(request.inputs, "inputs")
+        policy = engine.policy(request.truncate, request.truncation_direction)
+        vectors, _ = await engine.embed(items, token_ids, request.normalize, policy)
+        return JSONResponse(_as_json_vectors(vectors))
+
+    @api.post("/embed", response_model=list[list[float]], tags=["TEI"])
+    async def embed(request: TeiEmbedRequest):
+        return await tei_embed(request, "/embed")
+
+    # huggingface_hub's InferenceClient(base_url=...).feature_extraction posts to the base URL itself.
+    @api.post("/", response_model=list[list[float]], tags=["TEI"], summary="Embed (TEI's root route)")
+    async def root_embed(request: TeiEmbedRequest):
+        return await tei_embed(request, "/")
+
+    @api.post("/rerank", response_model=list[TeiRank], response_model_exclude_none=True, tags=["TEI"])
+    async def tei_rerank(request: TeiRerankRequest):
+        engine.require_task("rerank", "/rerank")
+        policy = engine.policy(request.truncate, request.truncation_direction)
+        logits = await engine.score(request.query, list(request.texts), policy)
+        scores = logits if request.raw_scores else sigmoid(logits)
+        ranked = []
+        for i in np.argsort(-scores, kind="stable"):
+            item: dict[str, Any] = {"index": int(i), "score": float(scores[i])}
+            if request.return_text:
+                item["text"] = request.texts[i]
+            ranked.append(item)
+        return JSONResponse(ranked)
+
+    # ---- Cohere ---------------------------------------------------------------------------------------
+    @api.post("/v1/rerank", response_model=CohereRerankResponse, response_model_exclude_none=True, tags=["Cohere"])
+    async def cohere_rerank(request: CohereRerankRequest):
+        engine.require_task("rerank", "/v1/rerank")
+        engine.check_model(request.model)
+        if request.top_n is not None and request.top_n < 1:
+            raise param_error(InvalidInputError(f"top_n must be at least 1, got {request.top_n}"), "top_n")
+        texts = [d if isinstance(d, str) else d.text for d in request.documents]
+        scores = sigmoid(await engine.score(request.query, texts, settings.truncate))
+        order = np.argsort(-scores, kind="stable")[: request.top_n or len(texts)]
+        results = []
+        for i in order:
+            item: dict[str, Any] = {"index": int(i), "relevance_score": float(scores[i])}
+            if request.return_documents:
+                item["document"] = {"text": texts[i]}
+            results.append(item)
+        meta = {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}}
+        return JSONResponse({"id": str(uuid.uuid4()), "results": results, "meta": meta})
+
+    # ---- operations -----------------------------------------------------------------------------------
+    @api.get("/info", response_model=Info, tags=["Operations"])
+    async def info():
+        return Info(
+            model_id=backend.model_id, model_name=settings.model_name, aliases=list(settings.aliases),
+            task=backend.task, variant=backend.variant, provider=backend.provider, dim=backend.dim,
+            max_input_length=backend.max_length, max_batch_tokens=settings.max_batch_tokens,
+            max_batch_size=backend.max_batch_size,
+            max_concurrent_requests=settings.max_concurrent_requests,
+            max_client_batch_size=settings.max_client_batch_size, version=__version__,
+        )
+
+    @api.get("/metrics", response_class=PlainTextResponse, tags=["Operations"])
+    async def prometheus_metrics():
+        metrics.set("gte_onnx_requests_in_flight", batcher.in_flight)
+        metrics.set("gte_onnx_queue_inputs", batcher.queued_items)
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/health", response_model=Health, tags=["Operations"])
+    async def health():
+        if not batcher.alive:
+            return JSONResponse({"status": "unavailable"}, status_code=503)
+        return Health(status="ok")
+
+    app.include_router(api)
+
+    # Outermost last: metrics see every answer, auth runs before the body is read, the limit before parsing.
+    app.add_middleware(BodyLimit, limit=settings.payload_limit)
+    if settings.api_key:
+        app.add_middleware(BearerAuth, api_key=settings.api_key)
+    known = frozenset(getattr(route, "path", "") for route in [*api.routes, *app.routes]) - {""}
+    app.add_middleware(RequestMetrics, metrics=metrics, known_paths=known)
+    return app

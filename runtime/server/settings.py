@@ -1,0 +1,44 @@
+"""The server's options, validated once at start-up."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import InvalidInputError
+from ..tokenize import TRUNCATE_POLICIES
+
+# TEI's defaults, except max_client_batch_size: OpenAI clients (langchain, llama-index) send hundreds of
+# inputs per request, and the token-budget queue bounds memory whatever the request size.
+DEFAULT_MAX_BATCH_TOKENS = 16384
+DEFAULT_MAX_CONCURRENT_REQUESTS = 512
+DEFAULT_MAX_CLIENT_BATCH_SIZE = 256
+DEFAULT_PAYLOAD_LIMIT = 2_000_000  # bytes of request body (TEI's default); the tokenizer never sees more
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    model_name: str
+    aliases: tuple[str, ...] = ()
+    api_key: str | None = None
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS
+    max_client_batch_size: int = DEFAULT_MAX_CLIENT_BATCH_SIZE
+    payload_limit: int = DEFAULT_PAYLOAD_LIMIT
+    # Truncation for requests that do not choose (OpenAI's API has no such field; TEI's truncate=null).
+    truncate: str = "end"
+
+    def __post_init__(self) -> None:
+        if not self.model_name:
+            raise InvalidInputError("the model name must not be empty")
+        for name in ("max_batch_tokens", "max_concurrent_requests", "max_client_batch_size", "payload_limit"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
+        if self.truncate not in TRUNCATE_POLICIES:
+            raise InvalidInputError(f"truncate must be one of {TRUNCATE_POLICIES}, got {self.truncate!r}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise InvalidInputError("the API key must not be empty or blank")
+
+    @property
+    def served_names(self) -> tuple[str, ...]:
+        return (self.model_name, *[a for a in self.aliases if a != self.model_name])

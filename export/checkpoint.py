@@ -74,8 +74,8 @@ def locate(model: str, revision: str | None, need_weights: bool) -> tuple[Path, 
         shipped = shipped_files(model)
         if shipped is not None:
             return shipped, model, revision or _shipped_revision(model)
-    if model.count("/") != 1:
-        raise CheckpointError(f"{model} is neither a local folder nor a hub id of the form org/name")
+    if model.count("/") != 1 or model.startswith((".", "/", "~")):
+        raise CheckpointError(f"{model}: no such folder, and not a hub id of the form org/name either")
     from huggingface_hub import HfApi, snapshot_download
 
     patterns = ["*.json", "*.txt", "1_Pooling/*"] + (["*.safetensors"] if need_weights else [])

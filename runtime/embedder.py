@@ -59,6 +59,7 @@ class Embedder:
     max_length = property(lambda self: self._model.max_length)
     dim = property(lambda self: self.manifest.dim)
     threads = property(lambda self: self._model.onnx.threads)
+    onnx_model = property(lambda self: self._model.onnx, doc="the OnnxModel (session, inputs, provider)")
 
     @property
     def max_batch_tokens(self) -> int:

@@ -66,6 +66,7 @@ class Reranker:
     variant = property(lambda self: self._model.variant)
     provider = property(lambda self: self._model.provider)
     max_length = property(lambda self: self._model.max_length)
+    onnx_model = property(lambda self: self._model.onnx, doc="the OnnxModel (session, inputs, provider)")
 
     def predict(
         self,

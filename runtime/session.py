@@ -83,6 +83,8 @@ def resolve_providers(requested: Sequence[str] | str | None) -> list[str]:
     available = ort.get_available_providers()
     if requested is None:
         if CUDA in available and _cuda_device_present():
+            if len(installed_ort_wheels()) > 1:
+                raise ProviderError(_missing_provider_message(CUDA, available, both_installed=True))
             return [CUDA, CPU]
         return [CPU]
     if isinstance(requested, str):
@@ -101,6 +103,18 @@ def resolve_providers(requested: Sequence[str] | str | None) -> list[str]:
     if CUDA in resolved and CPU not in resolved:
         resolved.append(CPU)  # ORT places the few ops CUDA lacks on the CPU
     return resolved
+
+
+def _preload_cuda_libraries(ort) -> None:
+    """onnxruntime-gpu finds CUDA/cuDNN from pip's nvidia-* wheels only once they are loaded; torch does that
+    on import, and a torch-free process must ask (onnxruntime >= 1.21). System-wide CUDA needs nothing."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    try:
+        preload()
+    except Exception:  # nothing to preload (system CUDA) is fine; a real gap is reported by the session
+        pass
 
 
 def _cuda_device_present() -> bool:
@@ -124,7 +138,11 @@ def _missing_provider_message(provider: str, available: Sequence[str], both_inst
         elif "onnxruntime-gpu" not in wheels:
             msg += " CUDA needs onnxruntime-gpu: pip uninstall -y onnxruntime && pip install 'gte-onnx[gpu]'"
         else:
-            msg += " onnxruntime-gpu is installed, so the CUDA/cuDNN libraries are probably missing or mismatched."
+            msg += (
+                " onnxruntime-gpu is installed, so the CUDA/cuDNN libraries are probably missing or mismatched: "
+                "pip install 'onnxruntime-gpu[cuda,cudnn]' brings matching ones (the PyPI wheels need CUDA 13 "
+                "and cuDNN 9), or install them system-wide."
+            )
     return msg
 
 
@@ -166,10 +184,13 @@ class OnnxModel:
         verify: bool = True,
     ):
         ort = import_onnxruntime()
+        ort.set_default_logger_severity(3)  # provider-loading chatter; failures surface as typed errors
         self.folder = Path(folder)
         self.manifest = manifest
         self.providers = resolve_providers(providers)
         self.provider = self.providers[0]
+        if self.provider == CUDA:
+            _preload_cuda_libraries(ort)
         self.variant = choose_variant(manifest, variant, self.provider)
         path = verify_variant(self.folder, self.variant) if verify else self.folder / self.variant.file
         if self.variant.name.startswith("fp16") and self.provider == CPU:
@@ -196,6 +217,10 @@ class OnnxModel:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=self.providers)
         except Exception as exc:  # ORT raises its own exception types; name the file and the cause
             text = str(exc)
+            if self.provider != CPU and ("cuda" in text.lower() or "provider" in text.lower()):
+                raise ProviderError(
+                    f"{self.provider} failed to start: {text}. " + _missing_provider_message(self.provider, [])
+                ) from None
             if "External data path" in text or "external data" in text.lower():
                 raise IntegrityError(
                     f"{self.variant.file}: its external data points outside the model folder or is unreadable: {text}"

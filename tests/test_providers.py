@@ -131,3 +131,9 @@ def test_cuda_embeds_like_cpu(tiny_gte_dir):
     cpu = Embedder(tiny_gte_dir, variant="fp32", providers=["cpu"]).encode(texts)
     gpu = Embedder(tiny_gte_dir, variant="fp32", providers=["cuda"]).encode(texts)
     assert np.abs(cpu - gpu).max() < 1e-3
+
+
+def test_both_wheels_on_the_default_path_with_a_gpu(fake_ort):
+    fake_ort(["CUDAExecutionProvider", "CPUExecutionProvider"], ("onnxruntime", "onnxruntime-gpu"), gpu_present=True)
+    with pytest.raises(ProviderError, match="Several onnxruntime wheels"):
+        session.resolve_providers(None)

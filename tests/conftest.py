@@ -33,8 +33,6 @@ def _export(name: str, tmp_path_factory, **kwargs) -> Path:
     out = Path(cache) / name if cache else tmp_path_factory.mktemp(name)
     if cache and (out / "gte-onnx.json").is_file():
         return out
-    # TEMPORARY until export/modernbert.py lands: the naive graph keeps the other rooms testable.
-    kwargs.setdefault("attention", "auto" if (ROOT / "export" / "modernbert.py").exists() else "naive")
     export_model(out_dir=out, log=lambda _msg: None, **kwargs)
     return out
 

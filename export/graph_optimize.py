@@ -1,0 +1,102 @@
+"""Offline ONNX Runtime graph optimisation: fuse once at export time, save, never redo it at load time.
+
+ORT's "extended" level fuses LayerNorm, SkipLayerNorm, Gelu and MatMul+scale into com.microsoft ops that
+have CPU and CUDA kernels. The "all" level would add layout transforms that only the CPU EP understands,
+so it is never saved. After saving, the file is checked against PORTABLE_OPS: every op in it must be a
+standard ONNX op or a contrib op with kernels beyond the CPU EP.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gte_onnx.errors import GteOnnxError, missing_dependency
+
+# com.microsoft ops that ORT implements on CPU and on CUDA (and ROCm/DirectML/WebGPU for most), so a
+# saved graph that uses them still runs on those EPs. Anything else from that domain is refused.
+PORTABLE_CONTRIB_OPS = frozenset(
+    {
+        "MultiHeadAttention",
+        "SkipLayerNormalization",
+        "SkipSimplifiedLayerNormalization",
+        "Gelu",
+        "FastGelu",
+        "BiasGelu",
+        "FusedMatMul",
+        "RotaryEmbedding",
+        "BiasAdd",
+    }
+)
+
+
+class GraphOptimizationError(GteOnnxError, RuntimeError):
+    """ORT could not optimise the graph, or the optimised graph holds an op that is not portable."""
+
+    code = "graph_optimization_failed"
+
+
+def _onnx():
+    try:
+        import onnx
+    except ImportError:
+        raise missing_dependency("onnx", "export", "Saving an ONNX graph") from None
+    return onnx
+
+
+def _ort():
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise missing_dependency("onnxruntime", "cpu", "Optimising an ONNX graph offline") from None
+    return ort
+
+
+def non_portable_ops(model) -> list[str]:
+    """Ops of `model` (a ModelProto) outside the standard domain that are not in PORTABLE_CONTRIB_OPS."""
+    found = set()
+    for node in model.graph.node:
+        if node.domain in ("", "ai.onnx"):
+            continue
+        if node.domain == "com.microsoft" and node.op_type in PORTABLE_CONTRIB_OPS:
+            continue
+        found.add(f"{node.domain}:{node.op_type}")
+    return sorted(found)
+
+
+def op_counts(model) -> dict[str, int]:
+    """{op_type (domain-qualified when not standard): count} of the top-level graph."""
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}:{node.op_type}"
+        counts[key] = counts.get(key, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def save_optimized(model, onnx_path: Path) -> dict[str, int]:
+    """Run ORT's extended optimisations on `model` (a ModelProto) and save the result at `onnx_path`.
+
+    Returns the op counts of the saved graph. Raises GraphOptimizationError when the saved graph contains
+    an op that other execution providers could not run.
+    """
+    onnx = _onnx()
+    ort = _ort()
+    onnx_path = Path(onnx_path)
+    raw = onnx_path.with_name(onnx_path.name + ".unoptimized")
+    try:
+        onnx.save_model(model, str(raw))
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = str(onnx_path)
+        options.log_severity_level = 3
+        try:
+            ort.InferenceSession(str(raw), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own exception types; name the stage that failed
+            raise GraphOptimizationError(f"onnxruntime could not load the exported graph: {exc}") from exc
+    finally:
+        raw.unlink(missing_ok=True)
+    saved = onnx.load(str(onnx_path), load_external_data=False)
+    bad = non_portable_ops(saved)
+    if bad:
+        onnx_path.unlink(missing_ok=True)
+        raise GraphOptimizationError(f"the optimised graph holds ops other providers cannot run: {bad}")
+    return op_counts(saved)

@@ -46,6 +46,25 @@ def main() -> int:
         )
         step("export (synthetic)", *export, "--random-weights", "--save-checkpoint", str(checkpoint))
 
+    reference_source = args.model if real else str(checkpoint)
+    if "quantize" not in skip:
+        # Variants with their fidelity measured against fp32, and the CPU speed ranking variant="auto" reads.
+        step("quantize", "quantize", str(folder), "--variants", "fp16,int8,q4", "--rank")
+    if "parity" not in skip:
+        ref = out / "reference.npz"
+        step("reference", "reference", reference_source, "--out", str(ref))
+        parity = subprocess.run(
+            [sys.executable, "-m", "gte_onnx.cli", "parity", str(folder), "--reference", str(ref),
+             "--json", str(out / "parity.json")], check=False,
+        )
+        if parity.returncode == 1:
+            print("parity: at least one variant FAILS its gate (see the table); variant='auto' will not pick it")
+        elif parity.returncode != 0:
+            raise SystemExit(parity.returncode)
+    if "bench" not in skip:
+        step("benchmark", "bench", str(folder), "--short", "--torch", reference_source,
+             "--json", str(out / "bench.json"))
+
     from gte_onnx import Embedder
 
     model = Embedder(folder)

@@ -1,0 +1,153 @@
+"""`gte-onnx bench DIR ...`: the command line of the benchmark (dispatched to main(argv) by gte_onnx.cli)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..errors import GteOnnxError, InvalidInputError
+from .measure import RepeatPolicy
+from .shapes import DEFAULT_SHAPES, SHORT_SKIPS, parse_shapes
+
+EPILOG = """\
+examples:
+  gte-onnx bench ./gte-onnx-model --short
+  gte-onnx bench ./gte-onnx-model --threads 2 --torch auto --json bench.json --plot bench.png
+  gte-onnx bench ./gte-onnx-model --variants fp32,int8 --shapes 32x128 --record
+  gte-onnx bench ./gte-onnx-model --corpus cisi --short
+"""
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gte-onnx bench",
+        description="Measure a model folder's variants (and optionally PyTorch) on fixed shapes or a corpus: "
+                    "latency median/p95, throughput, peak RSS per variant process, load time, file size, "
+                    "recorded fidelity.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("folder", metavar="DIR", help="a gte-onnx model folder (made by gte-onnx export)")
+    p.add_argument("--variants", type=_csv, help="comma-separated variant names (default: every variant "
+                   "meant for the provider)")
+    p.add_argument("--shapes", help=f"comma-separated BxL shapes (default: {','.join(DEFAULT_SHAPES)}; "
+                   f"--short drops {','.join(SHORT_SKIPS)} unless listed here)")
+    p.add_argument("--providers", type=_csv, default=["cpu"], help="execution providers, e.g. cpu,cuda (default cpu)")
+    p.add_argument("--threads", type=int, help="intra-op threads for ONNX Runtime and PyTorch (default: "
+                   "physical cores)")
+    p.add_argument("--torch", metavar="MODEL", help="also time PyTorch fp32 (sdpa) and bf16 autocast: 'auto' "
+                   "(the model the folder was exported from), a hub id, a checkpoint folder or random:<model>")
+    p.add_argument("--torch-dtypes", type=_csv, default=["fp32", "bf16"], help="PyTorch baselines to run "
+                   "(default fp32,bf16)")
+    p.add_argument("--corpus", metavar="cisi|FILE", help="also embed a real corpus end to end with "
+                   "Embedder.encode: 'cisi' or a text file (one document per line, or .jsonl with 'text')")
+    p.add_argument("--corpus-limit", type=int, help="embed only the first N documents (--short default: 128)")
+    p.add_argument("--batch-size", type=int, default=32, help="encode batch size in corpus mode (default 32)")
+    p.add_argument("--short", action="store_true", help="fewer repeats and no 1x8192 unless asked "
+                   "(under 5 minutes on the full-size gte, 2 cores)")
+    p.add_argument("--warmups", type=int, help="exact warm-up runs per cell (default: adaptive)")
+    p.add_argument("--repeats", type=int, help="exact timed runs per cell (default: adaptive)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the synthetic token ids (default 0)")
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds one call may take before its "
+                   "worker is stopped (default 1800)")
+    p.add_argument("--json", metavar="OUT", help="write the full record (machine, settings, samples) as JSON")
+    p.add_argument("--plot", metavar="OUT.png", help="write a PNG of speed vs fidelity (needs matplotlib)")
+    p.add_argument("--record", action="store_true", help="write the measured speed ranking into the "
+                   "manifest's speed_ranking (used by variant='auto')")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    return p
+
+
+def config_from_args(args: argparse.Namespace, argv: Sequence[str]):
+    from .measure import FULL_POLICY, SHORT_POLICY
+    from .runner import BenchConfig
+
+    for name in ("threads", "corpus_limit", "warmups", "repeats", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "warmups" else 1):
+            raise InvalidInputError(f"--{name.replace('_', '-')} must be at least {0 if name == 'warmups' else 1}")
+    if args.timeout <= 0:
+        raise InvalidInputError("--timeout must be positive")
+    policy = None
+    if args.warmups is not None or args.repeats is not None:
+        base = SHORT_POLICY if args.short else FULL_POLICY
+        warm = base.min_warmups if args.warmups is None else args.warmups
+        reps = args.repeats
+        policy = RepeatPolicy(
+            min_warmups=warm,
+            max_warmups=warm if args.warmups is not None else base.max_warmups,
+            warmup_budget_s=base.warmup_budget_s,
+            min_repeats=reps if reps is not None else base.min_repeats,
+            max_repeats=reps if reps is not None else base.max_repeats,
+            budget_s=base.budget_s,
+        )
+    return BenchConfig(
+        folder=Path(args.folder),
+        variants=args.variants or None,
+        providers=args.providers or ["cpu"],
+        shapes=parse_shapes(args.shapes) if args.shapes else None,
+        threads=args.threads,
+        torch=args.torch,
+        torch_dtypes=args.torch_dtypes,
+        corpus=args.corpus,
+        corpus_limit=args.corpus_limit,
+        batch_size=args.batch_size,
+        short=args.short,
+        policy=policy,
+        seed=args.seed,
+        call_timeout_s=args.timeout,
+        progress=not args.no_progress,
+        command="gte-onnx bench " + shlex.join(list(argv)),
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of `gte-onnx bench`. 0: every cell measured; 1: some failed; 2: bad input."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    try:
+        from .ranking import record_ranking
+        from .report import format_report, plot, write_json
+        from .runner import run_bench
+
+        config = config_from_args(args, argv)
+        if args.plot:
+            try:
+                import matplotlib  # noqa: F401 - fail before a long run, not after it
+            except ImportError:
+                from ..errors import missing_dependency
+
+                raise missing_dependency("matplotlib", "bench", "gte-onnx bench --plot") from None
+        result = run_bench(config)
+        print(format_report(result))
+        if args.json:
+            print(f"wrote {write_json(result, args.json)}")
+        if args.plot:
+            print(f"wrote {plot(result, args.plot)}")
+        if args.record:
+            updated = record_ranking(config.folder, result["ranking"])
+            for provider, names in result["ranking"].items():
+                if names:
+                    print(f"recorded speed_ranking[{provider}] = {list(updated.speed_ranking[provider])}")
+    except GteOnnxError as exc:
+        print(f"gte-onnx bench: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # an unwritable --json/--plot path, a vanished folder
+        print(f"gte-onnx bench: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gte-onnx bench: interrupted", file=sys.stderr)
+        return 130
+    failed = [r for r in result["results"] if r["error"] is not None]
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

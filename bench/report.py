@@ -1,0 +1,270 @@
+"""The run's outputs: a terminal table (Markdown pipes, so it pastes into the README), the JSON record,
+and a PNG of speed against fidelity per variant (matplotlib, from the [bench] extra)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import missing_dependency
+from .machine import short_label
+
+# The figure shown for a variant's fidelity, first one present wins (names from gte_onnx.parity.gates).
+HEADLINE_FIGURES = (
+    "centred_cosine_mean",
+    "centred_cosine_min",
+    "cosine_mean",
+    "cosine_min",
+    "logit_spearman",
+    "score_spearman",
+    "max_abs_diff",  # fp32 records its error against PyTorch
+    "logit_max_abs_diff",
+)
+# Figures where higher is better and 1.0 is perfect: the fp32 reference sits at 1.0 on the plot.
+SIMILARITY_FIGURES = ("centred_cosine_mean", "centred_cosine_min", "cosine_mean", "cosine_min",
+                      "logit_spearman", "score_spearman")
+# Data-set figures worth a column of their own when recorded.
+DROP_FIGURES = ("sts_drop", "cisi_ndcg_drop")
+PROVIDER_SHORT = {"CPUExecutionProvider": "CPU", "CUDAExecutionProvider": "CUDA"}
+
+
+# Nested fidelity records that hold figures of the variant itself (not gate limits or fp32's scores).
+FIGURE_GROUPS = ("figures", "data")
+
+
+def fidelity_figures(fidelity: Mapping[str, Any]) -> dict[str, float]:
+    """Numeric figures of a variant's recorded fidelity: the flat ones, then those under "figures"/"data"."""
+    out: dict[str, float] = {}
+
+    def take(mapping: Mapping[str, Any]) -> None:
+        for key, value in mapping.items():
+            if isinstance(value, bool):
+                continue
+            if isinstance(value, (int, float)) and math.isfinite(value) and key not in out:
+                out[key] = float(value)
+
+    take(fidelity)
+    for group in FIGURE_GROUPS:
+        if isinstance(fidelity.get(group), Mapping):
+            take(fidelity[group])
+    return out
+
+
+def headline_figure(fidelity: Mapping[str, Any]) -> tuple[str, float] | None:
+    figures = fidelity_figures(fidelity)
+    for name in HEADLINE_FIGURES:
+        if name in figures:
+            return name, figures[name]
+    return None
+
+
+def _fmt(value: float | None, spec: str, missing: str = "-") -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return missing
+    return format(value, spec)
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    ms = seconds * 1000
+    return f"{ms:.0f}" if ms >= 100 else f"{ms:.1f}" if ms >= 10 else f"{ms:.2f}"
+
+
+def _mb(n: int | None) -> str:
+    return "-" if n is None else f"{n / 1e6:.0f}"
+
+
+def _pipe_table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Sequence[bool]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)) + " |"
+
+    sep = "|" + "|".join(("-" * (w + 1) + ":") if r else ("-" * (w + 2)) for w, r in zip(widths, right)) + "|"
+    return "\n".join([line(header), sep, *(line(r) for r in rows)])
+
+
+def results_table(result: Mapping[str, Any]) -> str:
+    header = ["variant", "EP", "shape", "median ms", "p95 ms", "IQR %", "texts/s", "tokens/s",
+              "peak RSS MB", "vs torch fp32", "vs torch bf16"]
+    baselines = {r["name"] for r in result["results"] if r["kind"] == "torch"}
+    keep = [i for i, h in enumerate(header) if not h.startswith("vs ") or h.replace("vs torch ", "torch-") in baselines]
+    header = [header[i] for i in keep]
+    rows = []
+    for r in result["results"]:
+        if r["error"] is not None:
+            cells = [r["name"], PROVIDER_SHORT.get(r["provider"], r["provider"]), r["shape"],
+                     "failed"] + ["-"] * (len(header) - 4)
+        else:
+            iqr_pct = 100 * r["iqr_s"] / r["median_s"] if r["median_s"] else None
+            cells = [
+                r["name"], PROVIDER_SHORT.get(r["provider"], r["provider"]), r["shape"],
+                _ms(r["median_s"]), _ms(r["p95_s"]), _fmt(iqr_pct, ".0f"),
+                _fmt(r["texts_per_s"], ".1f"), _fmt(r["tokens_per_s"], ".0f"), _mb(r["peak_rss_bytes"]),
+                _ratio(r["vs_torch_fp32"]), _ratio(r["vs_torch_bf16"]),
+            ]
+            cells = [cells[i] for i in keep]
+        rows.append(cells)
+    right = [False, False, False] + [True] * (len(header) - 3)
+    return _pipe_table(header, rows, right)
+
+
+def contenders_table(result: Mapping[str, Any]) -> str:
+    header = ["variant", "EP", "file MB", "import s", "load s", "fidelity (recorded)", "gate"]
+    rows = []
+    for c in result["contenders"]:
+        figures = fidelity_figures(c.get("fidelity") or {})
+        parts = []
+        head = headline_figure(c.get("fidelity") or {})
+        if head:
+            parts.append(f"{head[0]} {head[1]:.4g}")
+        parts += [f"{name} {figures[name]:.2f}" for name in DROP_FIGURES if name in figures]
+        gate = {True: "pass", False: "FAIL", None: "-"}[c.get("passed")]
+        rows.append([
+            c["name"], PROVIDER_SHORT.get(c["provider"], c["provider"]), _mb(c.get("file_bytes")),
+            _fmt(c.get("import_s"), ".2f"), _fmt(c.get("load_s"), ".2f"), ", ".join(parts) or "-",
+            gate if c.get("error") is None else "load failed",
+        ])
+    return _pipe_table(header, rows, [False, False, True, True, True, False, False])
+
+
+def failures(result: Mapping[str, Any]) -> list[str]:
+    """One line per distinct failure: which contender, where, and the first line of why."""
+    lines: list[str] = []
+    seen: set[tuple[str, str]] = set()
+    for c in result["contenders"]:
+        if c.get("error"):
+            seen.add((c["key"], c["error"]))
+            lines.append(f"{c['key']}: {_first_line(c['error'], 300)}")
+    for r in result["results"]:
+        if r["error"] and (r["key"], r["error"]) not in seen:
+            seen.add((r["key"], r["error"]))
+            lines.append(f"{r['key']} at {r['shape']}: {_first_line(r['error'], 300)}")
+    return lines
+
+
+def _first_line(text: str, limit: int = 90) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def format_report(result: Mapping[str, Any]) -> str:
+    """The whole terminal report: what ran where, the contenders, the measurements, the ranking."""
+    settings = result["settings"]
+    policy = settings["policy"]
+    lines = [
+        (f"model: {result['model']['folder']} ({result['model']['task']}; source "
+         f"{result['model']['source'].get('model_id', '?')}"
+         f"{', random weights' if result['model']['source'].get('random_weights') else ''})"),
+        (f"machine: {short_label(result['machine'])}; threads {settings['threads'] or 'default'}; "
+         f"load average at start {_load(result['machine'])}"),
+        f"command: {result.get('command') or '-'}",
+        f"repeats: median of {policy['min_repeats']}-{policy['max_repeats']} interleaved runs per cell"
+        + (f" ({policy['heavy_min_repeats']} when every run takes {policy['heavy_s']:g} s or more)"
+           if policy.get("heavy_s") else "")
+        + f" after {policy['min_warmups']}+ warm-ups; peak RSS per {settings['rss_scope']}, one process per "
+        "variant; n per row in the JSON",
+        "",
+        contenders_table(result),
+        "",
+        results_table(result),
+    ]
+    problems = failures(result)
+    if problems:
+        lines.append("\nfailures:")
+        lines.extend(f"  {line}" for line in problems)
+    ranking = result.get("ranking") or {}
+    for provider, names in ranking.items():
+        lines.append(f"\nspeed ranking on {provider}: {', '.join(names) if names else '(none measured)'}")
+    lines.append(f"\ntook {result['duration_s']:.0f} s")
+    return "\n".join(lines)
+
+
+def _load(machine: Mapping[str, Any]) -> str:
+    load = machine.get("load_average_at_start")
+    return "-" if not load else f"{load[0]:.2f}"
+
+
+def write_json(result: Mapping[str, Any], path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def _reference_shape(rows: Sequence[Mapping[str, Any]]) -> str | None:
+    """The shape the plot's speed axis uses: 32x128 (batched passages) when measured, else the most tokens."""
+    shapes = {r["shape"]: r["tokens"] or 0 for r in rows if r["mode"] == "shape" and r["error"] is None}
+    if not shapes:
+        return None
+    return "32x128" if "32x128" in shapes else max(shapes, key=lambda s: shapes[s])
+
+
+def _plot_figure(variants: Sequence[tuple[str, Mapping[str, float]]]) -> str | None:
+    """The fidelity figure for the x axis: the first headline figure any quantized variant recorded,
+    else fp32's own (its error against PyTorch), else None (the plot falls back to file size)."""
+    for pool in ([f for name, f in variants if name != "fp32"], [f for _, f in variants]):
+        for name in HEADLINE_FIGURES:
+            if any(name in figures for figures in pool):
+                return name
+    return None
+
+
+def plot(result: Mapping[str, Any], path: str | Path) -> Path:
+    """Speed (tokens/s at the reference shape) against the recorded fidelity figure, one point per
+    variant and provider; the PyTorch baselines are horizontal lines."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise missing_dependency("matplotlib", "bench", "gte-onnx bench --plot") from None
+    rows = result["results"]
+    shape = _reference_shape(rows)
+    contenders = {c["key"]: c for c in result["contenders"]}
+    points = []
+    for r in rows:
+        if r["mode"] != "shape" or r["shape"] != shape or r["error"] is not None or r["kind"] != "onnx":
+            continue
+        points.append((r, fidelity_figures(contenders[r["key"]].get("fidelity") or {})))
+    figure_name = _plot_figure([(r["variant"], figures) for r, figures in points])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r, figures in points:
+        label = f"{r['name']} ({PROVIDER_SHORT.get(r['provider'], r['provider'])})"
+        if figure_name is None:
+            x = (contenders[r["key"]].get("file_bytes") or 0) / 1e6
+        elif figure_name in figures:
+            x = figures[figure_name]
+        elif r["variant"] == "fp32" and figure_name in SIMILARITY_FIGURES:
+            # The other variants' figures are measured against fp32: it is the reference, at 1.0.
+            x, label = 1.0, label + " reference"
+        else:
+            continue
+        ax.scatter([x], [r["tokens_per_s"]], s=40)
+        ax.annotate(label, (x, r["tokens_per_s"]), textcoords="offset points", xytext=(5, 5), fontsize=9)
+    for r in rows:
+        if r["kind"] == "torch" and r["mode"] == "shape" and r["shape"] == shape and r["error"] is None:
+            ax.axhline(r["tokens_per_s"], linestyle="--", linewidth=1, color="gray")
+            ax.annotate(r["name"], (ax.get_xlim()[0], r["tokens_per_s"]), textcoords="offset points",
+                        xytext=(2, 3), fontsize=8, color="gray")
+    ax.set_xlabel(figure_name if figure_name else "file size (MB) - no fidelity recorded")
+    ax.set_ylabel(f"tokens/s at {shape}")
+    ax.set_title(f"{Path(result['model']['folder']).name}: speed vs fidelity "
+                 f"({short_label(result['machine'])})", fontsize=9)
+    ax.grid(True, alpha=0.3)
+    ax.margins(x=0.15, y=0.1)  # room for the labels
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

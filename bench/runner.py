@@ -1,0 +1,484 @@
+"""The benchmark run: plan the contenders, start one worker each, measure every shape interleaved, and
+assemble the result record (the JSON the CLI writes, the table and the plot are read from).
+
+Contenders are the ONNX variants on each execution provider, plus the PyTorch fp32 and bf16-autocast
+baselines when asked. Shapes run from the smallest to the largest, so a worker that runs out of memory
+on the biggest input has already given every smaller figure.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from ..errors import InvalidInputError, VariantError
+from ..manifest import Manifest, Variant
+from .corpus import load_corpus
+from .machine import describe_machine
+from .measure import (
+    FULL_POLICY,
+    SHORT_POLICY,
+    CellOutcome,
+    RepeatPolicy,
+    interleave,
+    speed_ratio,
+    summarize,
+)
+from .pool import WorkerError, WorkerProcess
+from .ranking import rank_rows
+from .shapes import (
+    DEFAULT_SHAPES,
+    SHORT_SKIPS,
+    Shape,
+    TokenSource,
+    parse_shapes,
+    tokenizer_path,
+)
+
+SCHEMA = "gte-onnx-bench/1"
+TORCH_PROVIDER = "torch"
+TORCH_FP32, TORCH_BF16 = "torch-fp32", "torch-bf16"
+CPU = "CPUExecutionProvider"
+# A short corpus run embeds the first documents only; a full run embeds them all.
+SHORT_CORPUS_LIMIT = 128
+
+
+@dataclass
+class BenchConfig:
+    folder: Path
+    variants: Sequence[str] | None = None  # None: every variant meant for the provider
+    providers: Sequence[str] = (CPU,)
+    shapes: Sequence[Shape] | None = None  # None: DEFAULT_SHAPES (minus SHORT_SKIPS in short mode)
+    threads: int | None = None
+    torch: str | None = None  # "auto", hub id, folder, "random:<model>"
+    torch_dtypes: Sequence[str] = ("fp32", "bf16")
+    corpus: str | None = None  # "cisi" or a file
+    corpus_limit: int | None = None
+    batch_size: int = 32
+    short: bool = False
+    policy: RepeatPolicy | None = None  # None: FULL_POLICY or SHORT_POLICY
+    seed: int = 0
+    call_timeout_s: float = 1800.0
+    # Lets the previous worker's thread pool stop spinning before the next one is timed.
+    switch_pause_s: float = 0.01
+    progress: bool = True
+    command: str | None = None
+
+    def resolved_policy(self) -> RepeatPolicy:
+        return self.policy or (SHORT_POLICY if self.short else FULL_POLICY)
+
+    def corpus_policy(self) -> RepeatPolicy:
+        repeats = 2 if self.short else 3
+        return RepeatPolicy(min_warmups=1, max_warmups=1, warmup_budget_s=0.0,
+                            min_repeats=repeats, max_repeats=repeats, budget_s=0.0)
+
+
+@dataclass
+class Contender:
+    """One thing that is timed: an ONNX variant on one provider, or a PyTorch baseline."""
+
+    key: str
+    name: str
+    kind: str  # "onnx" | "torch"
+    provider: str
+    spec: dict[str, Any]
+    meta: dict[str, Any] = field(default_factory=dict)
+    load: dict[str, Any] = field(default_factory=dict)
+    corpus_load: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "name": self.name,
+            "kind": self.kind,
+            "provider": self.provider,
+            **self.meta,
+            # import_s: importing the engine (onnxruntime, or torch + transformers) in a fresh process;
+            # load_s: building the session / model from the folder, what Embedder(...) costs after that.
+            "import_s": self.load.get("import_s"),
+            "load_s": self.load.get("load_s"),
+            "rss_after_load_bytes": self.load.get("rss_bytes"),
+            "info": self.load.get("info", {}),
+            # The corpus phase's fresh process: Embedder(...) (tokenizer + session) or the PyTorch model.
+            "corpus_load_s": self.corpus_load.get("load_s"),
+            "error": self.error,
+        }
+
+
+def default_shapes(short: bool) -> list[Shape]:
+    return [s for s in parse_shapes(DEFAULT_SHAPES) if not (short and s.label in SHORT_SKIPS)]
+
+
+def _variant_meta(folder: Path, variant: Variant) -> dict[str, Any]:
+    size = variant.bytes
+    for data_file in variant.data_files:
+        path = folder / data_file
+        size += path.stat().st_size if path.is_file() else 0
+    fidelity = dict(variant.fidelity)
+    return {
+        "variant": variant.name,
+        "file": variant.file,
+        "file_bytes": size,
+        "recipe": dict(variant.recipe),
+        "fidelity": fidelity,
+        "passed": variant.passes_gate() if (fidelity or variant.name == "fp32") else None,
+    }
+
+
+def plan_contenders(manifest: Manifest, config: BenchConfig, providers: Sequence[str]) -> list[Contender]:
+    folder = Path(config.folder)
+    contenders: list[Contender] = []
+    for provider in providers:
+        if config.variants:
+            chosen = [manifest.variant(v) for v in config.variants]  # VariantError names what exists
+        else:
+            chosen = [v for v in manifest.variants.values() if not v.providers or provider in v.providers]
+            if not chosen:
+                raise VariantError(
+                    f"no variant of {folder} is meant for {provider} (their providers: "
+                    f"{ {v.name: list(v.providers) for v in manifest.variants.values()} }); name them with --variants"
+                )
+        for variant in chosen:
+            key = variant.name if len(providers) == 1 else f"{variant.name}@{provider}"
+            contenders.append(Contender(
+                key=key, name=variant.name, kind="onnx", provider=provider,
+                spec={"kind": "onnx", "folder": str(folder), "variant": variant.name,
+                      "provider": provider, "threads": config.threads},
+                meta=_variant_meta(folder, variant),
+            ))
+    if config.torch:
+        from .torch_baseline import TORCH_DTYPES, resolve_torch_spec
+
+        spec = resolve_torch_spec(config.torch, manifest)
+        for dtype in config.torch_dtypes:
+            if dtype not in TORCH_DTYPES:
+                raise InvalidInputError(f"torch dtype {dtype!r} is not one of {TORCH_DTYPES}")
+            name = f"torch-{dtype}"
+            contenders.append(Contender(
+                key=name, name=name, kind="torch", provider=TORCH_PROVIDER,
+                spec={"kind": "torch", "folder": str(folder), "torch": spec, "dtype": dtype,
+                      "threads": config.threads},
+                meta={"variant": None, "file": None, "file_bytes": None, "recipe": {}, "fidelity": {},
+                      "passed": None, "torch_model": spec},
+            ))
+    return contenders
+
+
+class BenchProgress:
+    """A progress bar over the run's cells (tqdm when installed, else one rewritten stderr line)."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.enabled, self.done = total, enabled, 0
+        self._bar = None
+        self._note = ""
+        self._start = time.perf_counter()
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self._bar = tqdm(total=total, desc="bench", unit="cell", file=sys.stderr, leave=False)
+            except ImportError:
+                pass
+
+    def note(self, text: str) -> None:
+        if not self.enabled:
+            return
+        self._note = text
+        if self._bar is not None:
+            self._bar.set_postfix_str(text, refresh=True)
+        else:
+            self._line()
+
+    def step(self, n: int = 1) -> None:
+        if not self.enabled:
+            return
+        self.done += n
+        if self._bar is not None:
+            self._bar.update(n)
+        else:
+            self._line()
+
+    def _line(self) -> None:
+        elapsed = time.perf_counter() - self._start
+        sys.stderr.write(f"\rbench [{self.done}/{self.total}] {elapsed:6.0f}s {self._note:<48.48}")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.close()
+        else:
+            sys.stderr.write("\n")
+
+
+def _row(contender: Contender, mode: str, label: str, batch: int | None, length: int | None,
+         texts: int | None, tokens: int | None, outcome: CellOutcome | None, peak: int | None,
+         rss_scope: str, error: str | None) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "key": contender.key,
+        "name": contender.name,
+        "kind": contender.kind,
+        "variant": contender.meta.get("variant"),
+        "provider": contender.provider,
+        "mode": mode,
+        "shape": label,
+        "batch": batch,
+        "length": length,
+        "texts": texts,
+        "tokens": tokens,
+        "warmups_s": list(outcome.warmups) if outcome else [],
+        "samples_s": list(outcome.samples) if outcome else [],
+        "n": 0, "median_s": None, "p95_s": None, "mean_s": None, "min_s": None, "max_s": None,
+        "q1_s": None, "q3_s": None, "iqr_s": None,
+        "texts_per_s": None,
+        "tokens_per_s": None,
+        "peak_rss_bytes": peak,
+        "rss_scope": rss_scope,
+        "vs_torch_fp32": None,
+        "vs_torch_bf16": None,
+        "error": error,
+    }
+    if outcome is not None and outcome.samples:
+        stats = summarize(outcome.samples)
+        row.update(stats.to_json())
+        if stats.median > 0:
+            row["texts_per_s"] = texts / stats.median if texts else None
+            row["tokens_per_s"] = tokens / stats.median if tokens else None
+    return row
+
+
+def add_ratios(rows: list[dict[str, Any]]) -> None:
+    """Every row's speed relative to the PyTorch rows of the same shape: torch time / row time."""
+    reference: dict[tuple[str, str, str], float] = {}
+    for row in rows:
+        if row["kind"] == "torch" and row["error"] is None and row["median_s"]:
+            reference[(row["name"], row["mode"], row["shape"])] = row["median_s"]
+    for row in rows:
+        for name, column in ((TORCH_FP32, "vs_torch_fp32"), (TORCH_BF16, "vs_torch_bf16")):
+            ref = reference.get((name, row["mode"], row["shape"]))
+            row[column] = speed_ratio(ref, row["median_s"]) if row["error"] is None else None
+
+
+class _Run:
+    """The mutable state of one run: live workers, their failures, the progress bar."""
+
+    def __init__(self, config: BenchConfig, contenders: list[Contender], progress: BenchProgress):
+        self.config = config
+        self.contenders = contenders
+        self.progress = progress
+        self.workers: dict[str, WorkerProcess] = {}
+        self.rss_scope = "shape"
+        # Why a contender's worker is gone in this phase (died at a shape, corpus load failed, ...).
+        self.gone: dict[str, str] = {}
+
+    def live(self) -> list[Contender]:
+        return [c for c in self.contenders
+                if c.error is None and c.key in self.workers and self.workers[c.key].alive]
+
+    def start_all(self, mode: str = "shapes") -> None:
+        """Start and load one worker per contender, one after the other (so load times do not overlap).
+
+        mode "shapes" loads the bare session; mode "corpus" loads what Embedder.encode needs. The corpus
+        phase gets fresh processes so that its peak RSS is not inflated by memory the shape phase's
+        session freed but the allocator kept.
+        """
+        for contender in self.contenders:
+            if contender.error is not None:
+                continue  # it failed to load already; its rows carry that error
+            self.progress.note(f"loading {contender.key}")
+            try:
+                worker = WorkerProcess(contender.key, {**contender.spec, "mode": mode}, self.config.threads)
+                self.workers[contender.key] = worker
+                load = worker.request("load", self.config.call_timeout_s)
+                load["import_s"] = worker.import_s
+                if mode == "shapes":
+                    contender.load = load
+                else:
+                    contender.corpus_load = load
+            except WorkerError as exc:
+                if mode == "shapes":
+                    contender.error = str(exc)  # a load failure of the variant itself
+                else:
+                    self.gone[contender.key] = str(exc)
+                worker = self.workers.pop(contender.key, None)
+                if worker is not None:
+                    worker.close()
+            self.progress.step()
+
+    def _reason(self, contender: Contender) -> str:
+        return (contender.error or self.gone.get(contender.key)
+                or f"worker {contender.key} is no longer running")
+
+    def measure(self, label: str, setup: Callable[[WorkerProcess], None], run_op: dict[str, Any],
+                policy: RepeatPolicy) -> tuple[dict[str, CellOutcome], dict[str, int | None], dict[str, dict]]:
+        """Set every live worker up, time them interleaved, then read each one's peak RSS."""
+        live = self.live()
+        errors: dict[str, str] = {}
+        for contender in live:
+            try:
+                setup(self.workers[contender.key])
+                supported = self.workers[contender.key].request("reset_peak", 60)["supported"]
+                if not supported:
+                    self.rss_scope = "process"
+            except WorkerError as exc:
+                errors[contender.key] = str(exc)
+        last_reply: dict[str, dict] = {}
+        timeout = self.config.call_timeout_s
+
+        fields = {k: v for k, v in run_op.items() if k != "op"}
+
+        def runner(key: str):
+            def call() -> float:
+                reply = self.workers[key].request(run_op["op"], timeout, **fields)
+                last_reply[key] = reply
+                return reply["seconds"]
+            return call
+
+        runners = {c.key: runner(c.key) for c in live if c.key not in errors}
+        outcomes = interleave(
+            runners, policy,
+            on_call=lambda key, phase: self.progress.note(f"{label} {key} {phase}"),
+            switch_pause_s=self.config.switch_pause_s,
+        )
+        peaks: dict[str, int | None] = {}
+        for contender in live:
+            worker = self.workers[contender.key]
+            if contender.key in errors:
+                outcomes[contender.key] = CellOutcome([], [], errors[contender.key])
+            if not worker.alive:
+                self.gone[contender.key] = f"skipped: the worker died earlier ({outcomes[contender.key].error})"
+            else:
+                try:
+                    peaks[contender.key] = worker.request("peak", 60)["peak_rss_bytes"]
+                except WorkerError:
+                    peaks[contender.key] = None
+        self.progress.step(len(self.contenders))
+        return outcomes, peaks, last_reply
+
+    def shape_rows(self, shape: Shape, ids) -> list[dict[str, Any]]:
+        ids_list = ids.tolist()
+        outcomes, peaks, _ = self.measure(
+            shape.label,
+            lambda w: w.request("set_input", 120, key=shape.label, ids=ids_list),
+            {"op": "run", "key": shape.label},
+            self.config.resolved_policy(),
+        )
+        rows = []
+        for contender in self.contenders:
+            outcome = outcomes.get(contender.key)
+            error = outcome.error if outcome else self._reason(contender)
+            rows.append(_row(contender, "shape", shape.label, shape.batch, shape.length, shape.batch,
+                             shape.tokens, outcome, peaks.get(contender.key), self.rss_scope, error))
+        return rows
+
+    def corpus_rows(self, corpus_name: str, texts: list[str]) -> list[dict[str, Any]]:
+        self.close()
+        self.gone = {}
+        self.start_all("corpus")
+        outcomes, peaks, replies = self.measure(
+            corpus_name,
+            lambda w: w.request("set_corpus", 120, texts=texts),
+            {"op": "run_corpus", "batch_size": self.config.batch_size},
+            self.config.corpus_policy(),
+        )
+        rows = []
+        for contender in self.contenders:
+            outcome = outcomes.get(contender.key)
+            error = outcome.error if outcome else self._reason(contender)
+            reply = replies.get(contender.key, {})
+            rows.append(_row(contender, "corpus", corpus_name, None, None, reply.get("texts", len(texts)),
+                             reply.get("tokens"), outcome, peaks.get(contender.key), self.rss_scope, error))
+        return rows
+
+    def close(self) -> None:
+        for worker in self.workers.values():
+            worker.close()
+        self.workers = {}
+
+
+def run_bench(config: BenchConfig) -> dict[str, Any]:
+    """Measure every contender at every shape (and the corpus, if asked); return the result record."""
+    started = time.time()
+    folder = Path(config.folder)
+    manifest = Manifest.load(folder)
+    from ..session import resolve_providers
+
+    providers: list[str] = []
+    for requested in config.providers:
+        canonical = resolve_providers([requested])[0]  # ProviderError when it is not available
+        if canonical not in providers:
+            providers.append(canonical)
+    if not providers:
+        raise InvalidInputError("no execution provider given")
+    shapes = list(config.shapes) if config.shapes else default_shapes(config.short)
+    for shape in shapes:
+        if shape.length > manifest.max_length:
+            raise InvalidInputError(f"shape {shape} is longer than the model's max_length {manifest.max_length}")
+    token_source = TokenSource.from_tokenizer_file(tokenizer_path(folder, manifest.tokenizer))
+    corpus_name, texts = None, None
+    if config.corpus:
+        if manifest.task != "embedding":
+            raise InvalidInputError("--corpus embeds documents with Embedder.encode: it needs an embedding model")
+        limit = config.corpus_limit if config.corpus_limit is not None else (SHORT_CORPUS_LIMIT if config.short else None)
+        corpus_name, texts = load_corpus(config.corpus, limit)
+    contenders = plan_contenders(manifest, config, providers)
+    machine = describe_machine()
+
+    cells = len(contenders) * (1 + len(shapes) + (2 if texts else 0))
+    progress = BenchProgress(cells, config.progress)
+    run = _Run(config, contenders, progress)
+    rows: list[dict[str, Any]] = []
+    try:
+        run.start_all()
+        for shape in sorted(shapes, key=lambda s: (s.tokens, s.length)):
+            rows.extend(run.shape_rows(shape, token_source.synthetic_ids(shape, config.seed)))
+        if texts:
+            rows.extend(run.corpus_rows(corpus_name, texts))
+    finally:
+        run.close()
+        progress.close()
+    order = {s.label: i for i, s in enumerate(shapes)}
+    rows.sort(key=lambda r: (r["mode"] != "shape", order.get(r["shape"], 0)))
+    add_ratios(rows)
+    onnx_providers = sorted({c.provider for c in contenders if c.kind == "onnx"}, key=list(providers).index)
+    policy = config.resolved_policy()
+    return {
+        "schema": SCHEMA,
+        "created": datetime.fromtimestamp(started, timezone.utc).isoformat(timespec="seconds"),
+        "duration_s": time.time() - started,
+        "command": config.command,
+        "model": {
+            "folder": str(folder),
+            "task": manifest.task,
+            "source": dict(manifest.source),
+            "max_length": manifest.max_length,
+            "dim": manifest.dim,
+        },
+        "machine": machine,
+        "settings": {
+            "providers": list(providers),
+            "threads": config.threads,
+            "shapes": [s.label for s in shapes],
+            "short": config.short,
+            "seed": config.seed,
+            "policy": policy.to_json(),
+            "corpus": {"name": corpus_name, "texts": len(texts), "batch_size": config.batch_size,
+                       "policy": config.corpus_policy().to_json()} if texts else None,
+            "torch": config.torch,
+            "switch_pause_s": config.switch_pause_s,
+            "rss_scope": run.rss_scope,
+            "interleaving": "round-robin over all contenders, start rotated each round",
+        },
+        "contenders": [c.to_json() for c in contenders],
+        "results": rows,
+        "ranking": {p: rank_rows(rows, p) for p in onnx_providers},
+        "ranking_basis": "geometric mean over the shapes of the median latency; variants with a failed "
+                         "shape are left out",
+    }

@@ -108,8 +108,7 @@ def _norm(module) -> _Norm:
 
 
 def _activation_name(name: str) -> str:
-    supported = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "silu": "silu",
-                 "swish": "silu", "relu": "relu"}
+    supported = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh"}
     if name not in supported:
         raise ModernBertExportError(f"activation {name!r} is not supported (supported: {sorted(supported)})")
     return supported[name]
@@ -270,11 +269,8 @@ class _Writer:
         return self.g.op("LayerNormalization", inputs, axis=-1, epsilon=self.p.eps)
 
     def act(self, x: str, kind: str) -> str:
+        """GELU, exact ("gelu") or with the tanh approximation ("gelu_tanh")."""
         g = self.g
-        if kind == "relu":
-            return g.op("Relu", [x])
-        if kind == "silu":
-            return g.op("Mul", [x, g.op("Sigmoid", [x])])
         approximate = "tanh" if kind == "gelu_tanh" else "none"
         if self.opset >= 20:
             return g.op("Gelu", [x], approximate=approximate)

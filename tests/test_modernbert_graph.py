@@ -36,11 +36,11 @@ STRUCTURE_LENGTH = 1000
 
 
 @functools.lru_cache(maxsize=None)
-def tiny_model(task: str):
-    """The tiny model for `task`, built once; tests only read it."""
+def tiny_model(task: str, overrides: tuple = ()):
+    """The tiny model for `task` (config overrides as (key, value) pairs), built once; tests only read it."""
     name = "gte-reranker-modernbert-base" if task == "rerank" else "gte-modernbert-base"
     settings = json.loads((CONFIG_DIR / name / "config.json").read_text(encoding="utf-8"))
-    config = transformers.ModernBertConfig(**{**settings, **TINY})  # layer types follow the 6 layers
+    config = transformers.ModernBertConfig(**{**settings, **TINY, **dict(overrides)})  # layer types follow
     torch.manual_seed(0)
     cls = transformers.ModernBertForSequenceClassification if task == "rerank" else transformers.ModernBertModel
     return cls._from_config(config, attn_implementation="sdpa", dtype=torch.float32).eval()
@@ -191,15 +191,24 @@ def test_rerank_logits_match_transformers(reranker):
     assert np.abs(got - reference(model, ids, mask)).max() <= ATOL
 
 
-def test_opset_17_fallbacks_match_transformers(tmp_path):
-    """Below opset 23 rotary is written with plain ops, below 20 GELU as its erf formula."""
-    model = tiny_model("embedding")
-    info = export_modernbert(model, "embedding", tmp_path / "model.onnx", opset=17)
-    assert info["opset"] == 17
+@pytest.mark.parametrize(
+    "task, opset, overrides",
+    [
+        ("embedding", 17, ()),  # rotary as plain ops, exact GELU as its erf formula
+        ("embedding", 17, (("hidden_activation", "gelu_pytorch_tanh"),)),  # tanh GELU as its formula
+        ("embedding", 23, (("hidden_activation", "gelu_pytorch_tanh"),)),  # Gelu(approximate="tanh")
+        ("rerank", 23, (("classifier_pooling", "cls"),)),
+    ],
+)
+def test_other_opsets_and_config_variants_match_transformers(tmp_path, task, opset, overrides):
+    model = tiny_model(task, overrides)
+    info = export_modernbert(model, task, tmp_path / "model.onnx", opset=opset)
+    assert info["opset"] == opset
     sess = session(tmp_path / "model.onnx")
     ids, mask = padded_batch((65, 257, 3), seed=5)
     got = sess.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-    assert np.abs(got - reference(model, ids, mask))[mask.astype(bool)].max() <= ATOL
+    diff = np.abs(got - reference(model, ids, mask))
+    assert (diff if task == "rerank" else diff[mask.astype(bool)]).max() <= ATOL
 
 
 # -- bad arguments ----------------------------------------------------------------------------------
@@ -213,4 +222,6 @@ def test_bad_arguments_are_named(tmp_path, embedder):
         export_modernbert(model, "rerank", tmp_path / "x.onnx")
     with pytest.raises(ModernBertExportError, match="opset 16"):
         export_modernbert(model, "embedding", tmp_path / "x.onnx", opset=16)
+    with pytest.raises(ModernBertExportError, match="activation 'relu'"):
+        export_modernbert(tiny_model("embedding", (("hidden_activation", "relu"),)), "embedding", tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()

@@ -1,0 +1,121 @@
+"""fp16 for GPUs: weights and activations in float16, float32 at the graph's inputs and outputs.
+
+- onnxruntime.transformers.float16 does the conversion (onnxconverter-common's keep_io_types gave an
+  unloadable model in a trial here).
+- LayerNorm ops stay in float32 (the converter wraps them in Casts): their mean/variance reductions over
+  768 values are where fp16 loses most, and the residual stream they read can exceed fp16's range.
+- Mask constants are made fp16-safe first: -inf or float32's finfo.min (-3.4e38, which the converter
+  clamps to -65504) plus a negative score saturates to -inf in fp16, and a query row whose keys are all
+  masked (a padding row) then gives softmax NaN, which mean pooling multiplies by zero and keeps (NaN*0
+  is NaN). -1e4 still sends exp() to exactly 0, so unmasked rows are unchanged.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from gte_onnx.errors import missing_dependency
+
+from . import graph
+
+# Ops kept in float32 (inputs cast up, outputs cast down): every LayerNorm flavour the exporters and
+# ORT's optimiser produce.
+FLOAT32_OPS = (
+    "LayerNormalization",
+    "SimplifiedLayerNormalization",
+    "SkipLayerNormalization",
+    "SkipSimplifiedLayerNormalization",
+)
+# A large negative number that fp16 holds with room to spare (its max is 65504).
+SAFE_MASK_VALUE = -1.0e4
+# Only small constants are mask fill values; big tensors are weights and are left alone.
+_MASK_CONSTANT_MAX_ELEMENTS = 16
+
+
+def _float16_module():
+    try:
+        from onnxruntime.transformers import float16
+    except ImportError:
+        raise missing_dependency("onnxruntime", "cpu", "fp16 conversion") from None
+    return float16
+
+
+def _safe(array: np.ndarray) -> np.ndarray | None:
+    """The array with fill values below SAFE_MASK_VALUE raised to it, or None when nothing changes."""
+    if array.dtype.kind != "f" or array.size > _MASK_CONSTANT_MAX_ELEMENTS:
+        return None
+    low = array < SAFE_MASK_VALUE  # -inf included
+    if not low.any():
+        return None
+    return np.where(low, np.array(SAFE_MASK_VALUE, dtype=array.dtype), array)
+
+
+def make_mask_constants_safe(model) -> int:
+    """Raise -inf / finfo.min fill values in small constants to SAFE_MASK_VALUE; returns how many."""
+    graph.import_onnx()
+    from onnx import AttributeProto, numpy_helper
+
+    changed = 0
+    for init in model.graph.initializer:
+        fixed = _safe(numpy_helper.to_array(init))
+        if fixed is not None:
+            init.CopyFrom(numpy_helper.from_array(fixed, init.name))
+            changed += 1
+    for node in model.graph.node:
+        if node.op_type not in ("Constant", "ConstantOfShape"):
+            continue
+        for attr in node.attribute:
+            if attr.type == AttributeProto.TENSOR:
+                fixed = _safe(numpy_helper.to_array(attr.t))
+                if fixed is not None:
+                    attr.t.CopyFrom(numpy_helper.from_array(fixed, attr.t.name))
+                    changed += 1
+            elif attr.type == AttributeProto.FLOAT and attr.name == "value_float" and attr.f < SAFE_MASK_VALUE:
+                attr.f = SAFE_MASK_VALUE
+                changed += 1
+    return changed
+
+
+def convert_to_fp16(model) -> tuple[Any, dict[str, Any]]:
+    """The fp16 model (a new proto) and the recipe entries describing the conversion."""
+    float16 = _float16_module()
+    safe_constants = make_mask_constants_safe(model)
+    present = {node.op_type for node in model.graph.node}
+    blocked = sorted(present & set(FLOAT32_OPS))
+    converted = float16.convert_float_to_float16(
+        model,
+        keep_io_types=True,
+        op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST) + list(FLOAT32_OPS),
+    )
+    recipe = {
+        "dtype": "float16",
+        "io_types": "float32 (Casts at the graph's inputs and outputs)",
+        "ops_kept_float32": blocked,
+        "mask_constants_made_safe": safe_constants,
+        "safe_mask_value": SAFE_MASK_VALUE,
+        "converter": "onnxruntime.transformers.float16",
+    }
+    return converted, recipe
+
+
+def make_fp16(src, dst) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """Write the fp16 model of `src` to `dst`; returns (recipe, external data files)."""
+    model = graph.load_model(src)
+    prepared = graph.prepare(model)
+    converted, recipe = convert_to_fp16(model)
+    recipe = {"kind": "fp16", **recipe, "graph_changes": prepared,
+              "op_counts": graph.op_counts(converted), "tools": graph.tool_versions()}
+    return recipe, graph.save_model(converted, dst)
+
+
+def make_q4f16(src, dst, options, exact_rows=(), calibration_feeds=None) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """q4 weights with fp16 activations for GPUs: the q4 recipe, then the fp16 conversion."""
+    from .q4 import quantize_q4_model
+
+    model = graph.load_model(src)
+    q4_recipe = quantize_q4_model(model, options, exact_rows, calibration_feeds)
+    converted, fp16_recipe = convert_to_fp16(model)
+    recipe = {**q4_recipe, **fp16_recipe, "kind": "q4f16",
+              "op_counts": graph.op_counts(converted), "tools": graph.tool_versions()}
+    return recipe, graph.save_model(converted, dst)

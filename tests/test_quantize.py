@@ -1,0 +1,318 @@
+"""gte_onnx.quantize on the tiny synthetic ModernBERTs: files, manifest records, recipes proven by op
+counts, fp16 safety at long length with padding, and a damaged variant failing its gate."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from gte_onnx.manifest import Manifest, describe_file, sha256_file
+from gte_onnx.quantize.build import QuantizeOptions, quantize_folder
+from gte_onnx.quantize.cli import main as quantize_main
+from gte_onnx.quantize.graph import MIN_WEIGHT_ELEMENTS, float_weight_bytes, op_counts
+
+EMBED_VARIANTS = ("fp16", "int8", "q4")
+PROBE_ONLY = QuantizeOptions(evaluation="probe", threads=1)
+
+
+def _copy(folder: Path, dst: Path) -> Path:
+    """A private copy: the conftest fixture folders are shared by every room's tests."""
+    shutil.copytree(folder, dst, ignore=shutil.ignore_patterns("model_*.onnx"))
+    manifest = Manifest.load(dst)
+    manifest.replace(variants={"fp32": manifest.variants["fp32"]}).save(dst)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def quantized(tiny_gte_dir, tmp_path_factory) -> Path:
+    folder = _copy(tiny_gte_dir, tmp_path_factory.mktemp("quantize") / "tiny-gte")
+    quantize_folder(folder, EMBED_VARIANTS, PROBE_ONLY, log=lambda _m: None)
+    return folder
+
+
+def _load(folder: Path, name: str):
+    return onnx.load(str(folder / Manifest.load(folder).variants[name].file))
+
+
+def _table_gathers(model) -> list[tuple[int, list[int]]]:
+    """(dtype, shape) of every Gather table that is an initializer, largest first."""
+    inits = {i.name: i for i in model.graph.initializer}
+    tables = [inits[n.input[0]] for n in model.graph.node if n.op_type == "Gather" and n.input[0] in inits]
+    return sorted(((t.data_type, list(t.dims)) for t in tables), key=lambda x: -int(np.prod(x[1])))
+
+
+@pytest.mark.parametrize("name", EMBED_VARIANTS)
+def test_each_variant_is_written_recorded_and_loads_with_float32_io(quantized, name):
+    manifest = Manifest.load(quantized)
+    variant = manifest.variants[name]
+    assert variant.file == f"model_{name}.onnx"
+    assert describe_file(quantized, variant.file) == {"file": variant.file, "sha256": variant.sha256,
+                                                     "bytes": variant.bytes}
+    assert variant.recipe["kind"] == name and variant.recipe["tools"]["onnxruntime"]
+    assert variant.providers == (("CUDAExecutionProvider",) if name == "fp16" else ("CPUExecutionProvider",))
+    fidelity = variant.fidelity
+    assert fidelity["reference"].startswith("fp32") and fidelity["probe_inputs"] > 30
+    for key in ("cosine_min", "cosine_mean", "centred_cosine_mean", "max_abs_diff"):
+        assert isinstance(fidelity[key], float), key
+    assert fidelity["passed"] is True, fidelity["failures"]
+    assert variant.passes_gate()
+
+    session = ort.InferenceSession(str(quantized / variant.file), providers=["CPUExecutionProvider"])
+    assert [(i.name, i.type) for i in session.get_inputs()] == [
+        ("input_ids", "tensor(int64)"), ("attention_mask", "tensor(int64)")]
+    assert [(o.name, o.type) for o in session.get_outputs()] == [("last_hidden_state", "tensor(float)")]
+
+
+def test_the_runtime_embeds_with_each_variant_close_to_fp32(quantized):
+    from gte_onnx import Embedder
+
+    texts = ["what is the capital of China?", "Beijing", "sorting algorithms " * 30]
+    ref = Embedder(quantized, variant="fp32", threads=1).encode(texts)
+    for name in EMBED_VARIANTS:
+        with pytest.warns(RuntimeWarning) if name == "fp16" else _nothing():
+            got = Embedder(quantized, variant=name, threads=1).encode(texts)
+        cosine = np.sum(ref * got, axis=1)
+        assert got.dtype == np.float32 and np.all(cosine > 0.99), (name, cosine)
+
+
+class _nothing:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _linear_layers(model) -> int:
+    """MatMuls with a 2-D float weight of at least MIN_WEIGHT_ELEMENTS: what the recipes quantize."""
+    from gte_onnx.quantize.graph import weight_matmuls
+
+    return sum(1 for use in weight_matmuls(model) if use.elements >= MIN_WEIGHT_ELEMENTS)
+
+
+def _nbits(model) -> list[dict[str, int]]:
+    return [{a.name: a.i for a in n.attribute if a.type == onnx.AttributeProto.INT}
+            for n in model.graph.node if n.op_type == "MatMulNBits"]
+
+
+def test_q4_recipe_matmulnbits_and_no_large_float_weights_left(quantized):
+    model = _load(quantized, "q4")
+    counts = op_counts(model)
+    fp32 = _load(quantized, "fp32")
+    linear = _linear_layers(fp32)
+    recipe = Manifest.load(quantized).variants["q4"].recipe
+    # tiny gte: 4 layers, each with its attention projections and GeGLU MLP, all above the threshold.
+    assert linear >= 16
+    assert counts.get("MatMulNBits") == recipe["matmuls_quantized"] == linear
+    assert counts.get("MatMul", 0) == op_counts(fp32)["MatMul"] - linear  # attention products stay
+    assert float_weight_bytes(model, MIN_WEIGHT_ELEMENTS) == 0
+    nbits = _nbits(model)
+    eight = recipe["eight_bit"]["count"]  # the MLP down-projections (role "contract") keep 8 bits
+    assert 0 < eight < linear and sum(a["bits"] == 8 for a in nbits) == eight
+    assert sum(a["bits"] == 4 for a in nbits) == linear - eight
+    assert {a["block_size"] for a in nbits} == {recipe["block_size"]}
+    assert {a["accuracy_level"] for a in nbits} == {recipe["accuracy_level"]}
+    assert recipe["activation_aware"]["groups"] > 0
+    # The 50368-row embedding table is int8 with per-row scales, not fp32 and not 4-bit.
+    dtype, shape = _table_gathers(model)[0]
+    assert dtype == onnx.TensorProto.INT8 and shape == [50368, 64]
+    assert recipe["embedding_table"]["bits"] == 8 and recipe["embedding_table"]["rows_kept_exact"]
+    assert (quantized / "model_q4.onnx").stat().st_size < 0.4 * (quantized / "model.onnx").stat().st_size
+
+
+def test_int8_recipe_integer_matmuls_per_channel_and_int8_table(quantized):
+    model = _load(quantized, "int8")
+    counts = op_counts(model)
+    recipe = Manifest.load(quantized).variants["int8"].recipe
+    linear = _linear_layers(_load(quantized, "fp32"))
+    per_token = recipe["per_token_matmuls"]["count"]  # MLP layers: activations quantized per token
+    assert recipe["matmuls_quantized"] == linear and 0 < per_token < linear
+    assert counts.get("MatMulInteger") == linear - per_token  # attention projections: per tensor
+    assert counts.get("DynamicQuantizeLinear", 0) > 0
+    assert [a["bits"] for a in _nbits(model)] == [8] * per_token
+    assert all(a["accuracy_level"] == 4 for a in _nbits(model))  # int8 compute, activations per token
+    assert recipe["per_channel"] is True and recipe["method"] == "dynamic"
+    inits = {i.name: i for i in model.graph.initializer}
+    zero_points = [inits[n.input[3]] for n in model.graph.node if n.op_type == "MatMulInteger" and n.input[3] in inits]
+    assert zero_points and all(len(z.dims) == 1 and z.dims[0] > 1 for z in zero_points)  # one per channel
+    assert _table_gathers(model)[0][0] == onnx.TensorProto.INT8
+    assert float_weight_bytes(model, MIN_WEIGHT_ELEMENTS) == 0
+    assert (quantized / "model_int8.onnx").stat().st_size < 0.35 * (quantized / "model.onnx").stat().st_size
+
+
+def test_fp16_keeps_layernorm_in_float32(quantized):
+    from onnx import shape_inference
+
+    model = shape_inference.infer_shapes(_load(quantized, "fp16"))
+    types = {v.name: v.type.tensor_type.elem_type for v in list(model.graph.value_info) + list(model.graph.input)}
+    inits = {i.name: i.data_type for i in model.graph.initializer}
+    norms = [n for n in model.graph.node if "LayerNormalization" in n.op_type]
+    assert norms
+    for node in norms:
+        for name in node.input:
+            assert types.get(name, inits.get(name)) == onnx.TensorProto.FLOAT, (node.name, name)
+    matmul_weights = [inits[n.input[1]] for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in inits]
+    assert matmul_weights and all(w == onnx.TensorProto.FLOAT16 for w in matmul_weights)
+
+
+def test_fp16_is_nan_free_on_a_long_padded_batch(quantized):
+    """Padding rows have every key masked: -inf/finfo.min saturation would turn them into NaN."""
+    fp16 = ort.InferenceSession(str(quantized / "model_fp16.onnx"), providers=["CPUExecutionProvider"])
+    fp32 = ort.InferenceSession(str(quantized / "model.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    length = 2048
+    ids = rng.integers(1000, 50000, (2, length)).astype(np.int64)
+    mask = np.ones_like(ids)
+    mask[1, 300:] = 0
+    ids[1, 300:] = 50283
+    feed = {"input_ids": ids, "attention_mask": mask}
+    got = fp16.run(None, feed)[0]
+    ref = fp32.run(None, feed)[0]
+    assert np.isfinite(got).all()
+    valid = mask.astype(bool)
+    assert np.abs(got[valid] - ref[valid]).max() < 0.05 * np.abs(ref[valid]).max()
+
+
+def test_mask_constants_are_made_fp16_safe():
+    from gte_onnx.quantize.fp16 import SAFE_MASK_VALUE, make_mask_constants_safe
+    from onnx import TensorProto, helper, numpy_helper
+
+    finfo_min = np.array([np.finfo(np.float32).min], dtype=np.float32)
+    nodes = [
+        helper.make_node("Constant", [], ["neg_inf"], value=numpy_helper.from_array(np.array(-np.inf, np.float32))),
+        helper.make_node("ConstantOfShape", ["shape"], ["fill"], value=numpy_helper.from_array(finfo_min)),
+        helper.make_node("Constant", [], ["rope"], value=numpy_helper.from_array(np.array(160000.0, np.float32))),
+        helper.make_node("Add", ["neg_inf", "rope"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("shape", TensorProto.INT64, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])],
+                              [numpy_helper.from_array(np.array([-1e30, 0.5], np.float32), "small_init"),
+                               numpy_helper.from_array(np.full(64, -1e30, np.float32), "a_weight")])
+    model = helper.make_model(graph)
+    assert make_mask_constants_safe(model) == 3
+    values = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in model.graph.node if n.attribute}
+    assert values["neg_inf"] == SAFE_MASK_VALUE and values["fill"][0] == SAFE_MASK_VALUE
+    assert values["rope"] == 160000.0  # large positive constants are not mask values
+    inits = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    assert list(inits["small_init"]) == [SAFE_MASK_VALUE, 0.5]
+    assert (inits["a_weight"] == np.float32(-1e30)).all()  # a tensor this size is a weight, untouched
+
+
+def test_int8_embedding_rows_error_is_within_half_a_step():
+    from gte_onnx.quantize.embedding import quantize_rows_int8
+
+    table = np.random.default_rng(1).normal(size=(300, 48)).astype(np.float32)
+    table[7] = 0.0  # an all-zero row must not divide by zero
+    q, scale = quantize_rows_int8(table)
+    assert q.dtype == np.int8 and scale.shape == (300, 1)
+    error = np.abs(q * scale - table)
+    assert np.all(error <= 0.5 * scale + 1e-7)
+    assert np.all(q[7] == 0)
+
+
+def test_embedding_table_rewrite_keeps_special_rows_exact_and_position_tables_float():
+    from gte_onnx.quantize.embedding import quantize_embedding_tables
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(2)
+    tokens = rng.normal(scale=0.02, size=(4000, 32)).astype(np.float32)
+    positions = rng.normal(scale=0.02, size=(4000, 32)).astype(np.float32)
+    nodes = [
+        helper.make_node("Gather", ["tokens", "input_ids"], ["tok"], name="tok_gather"),
+        helper.make_node("Shape", ["input_ids"], ["shape"], start=1),
+        helper.make_node("Squeeze", ["shape"], ["length"]),
+        helper.make_node("Range", ["zero", "length", "one"], ["pos_ids"]),
+        helper.make_node("Gather", ["positions", "pos_ids"], ["pos"], name="pos_gather"),
+        helper.make_node("Add", ["tok", "pos"], ["out"]),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["b", "l"])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+        [numpy_helper.from_array(tokens, "tokens"), numpy_helper.from_array(positions, "positions"),
+         numpy_helper.from_array(np.array(0, np.int64), "zero"), numpy_helper.from_array(np.array(1, np.int64), "one")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    recipe = quantize_embedding_tables(model, exact_rows=[3, 7, 99999])  # an id beyond the vocab is ignored
+    assert recipe["tables"] == {"tokens": [4000, 32]} and recipe["rows_kept_exact"] == [3, 7]
+    inits = {i.name: i for i in model.graph.initializer}
+    assert "tokens" not in inits and inits["positions"].data_type == TensorProto.FLOAT
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    ids = np.array([[3, 7, 11, 3999]], dtype=np.int64)
+    got = session.run(None, {"input_ids": ids})[0][0] - positions[:4]
+    np.testing.assert_allclose(got[:2], tokens[[3, 7]], rtol=0, atol=1e-8)  # exact to float rounding
+    step = np.abs(tokens[[11, 3999]]).max(axis=1, keepdims=True) / 127
+    assert np.all(np.abs(got[2:] - tokens[[11, 3999]]) <= 0.5 * step + 1e-6)
+    assert not np.allclose(got[2:], tokens[[11, 3999]], atol=1e-7, rtol=0)  # ordinary rows are rounded
+
+
+def test_a_damaged_variant_fails_its_gate(quantized, tmp_path):
+    """Shuffle the int8 embedding table's rows: a file that loads and runs, but embeds the wrong tokens."""
+    from gte_onnx.quantize.fidelity import measure_baseline, measure_variant
+    from onnx import numpy_helper
+
+    folder = _copy(quantized, tmp_path / "damaged")
+    shutil.copy(quantized / "model_int8.onnx", folder / "model_int8.onnx")
+    model = onnx.load(str(folder / "model_int8.onnx"))
+    for init in model.graph.initializer:
+        if init.data_type == onnx.TensorProto.INT8 and len(init.dims) == 2 and init.dims[0] == 50368:
+            rows = numpy_helper.to_array(init)
+            init.CopyFrom(numpy_helper.from_array(np.random.default_rng(0).permutation(rows), init.name))
+    onnx.save(model, str(folder / "model_int8.onnx"))
+    good = Manifest.load(quantized).variants["int8"]
+    described = describe_file(folder, "model_int8.onnx")
+    damaged = dataclasses.replace(good, sha256=described["sha256"], bytes=described["bytes"], fidelity={})
+    manifest = Manifest.load(folder).with_variant(damaged)
+    manifest.save(folder)
+    fidelity = measure_variant(folder, "int8", measure_baseline(folder, manifest, threads=1), threads=1)
+    assert fidelity["passed"] is False
+    assert any("cosine" in failure for failure in fidelity["failures"]), fidelity["failures"]
+
+
+def test_reranker_int8_records_logit_figures(tiny_reranker_dir, tmp_path):
+    folder = _copy(tiny_reranker_dir, tmp_path / "tiny-reranker")
+    manifest = quantize_folder(folder, ["int8"], PROBE_ONLY, log=lambda _m: None)
+    fidelity = manifest.variants["int8"].fidelity
+    assert {"logit_max_abs_diff", "logit_spearman", "rerank_topk_overlap"} <= set(fidelity)
+    assert fidelity["passed"] is True, fidelity["failures"]
+    recipe = manifest.variants["int8"].recipe
+    # The one-logit classifier (64x1 weight) is too small to quantize: it is kept in float.
+    model = onnx.load(str(folder / "model_int8.onnx"))
+    inits = {i.name: list(i.dims) for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT}
+    float_heads = [n.name for n in model.graph.node
+                   if n.op_type in ("MatMul", "Gemm") and inits.get(n.input[1]) == [64, 1]]
+    assert float_heads and set(float_heads) <= set(recipe["nodes_kept_float"])
+    assert sha256_file(folder / "model_int8.onnx") == manifest.variants["int8"].sha256
+
+
+def test_cli_quantizes_and_reports_bad_input(tiny_gte_dir, tmp_path, capsys):
+    folder = _copy(tiny_gte_dir, tmp_path / "cli")
+    assert quantize_main([str(folder), "--variants", "q4", "--eval", "none", "--no-awq", "--q4-8bit-roles", "none",
+                          "--block-size", "64", "--accuracy-level", "0", "-q"]) == 0
+    variant = Manifest.load(folder).variants["q4"]
+    assert variant.recipe["block_size"] == 64 and variant.recipe["accuracy_level"] == 0
+    assert variant.recipe["activation_aware"] is None and variant.recipe["eight_bit"] is None
+    assert variant.fidelity == {} and not variant.passes_gate()  # unmeasured: auto never picks it
+
+    assert quantize_main([str(folder), "--variants", "int9"]) == 2
+    assert "unknown variant(s) int9" in capsys.readouterr().err
+    assert quantize_main([str(tmp_path / "missing"), "--variants", "int8"]) == 2
+    assert "not a directory" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        quantize_main([str(folder), "--block-size", "48"])
+
+
+def test_quantize_never_imports_torch():
+    code = ("import sys, gte_onnx.quantize.build, gte_onnx.quantize.cli, gte_onnx.quantize.fidelity, "
+            "gte_onnx.quantize.fp16, gte_onnx.quantize.int8, gte_onnx.quantize.q4\n"
+            "import gte_onnx.parity.report\n"
+            "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
+            "assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from .batching import DEFAULT_MAX_BATCH_TOKENS
-from .loaded import LoadedModel
+from .loaded import FolderModel
 from .pooling import l2_normalize, pool
 from .tokenize import check_policy, check_texts, warn_truncated
 
@@ -29,41 +27,17 @@ class Embeddings(np.ndarray):
             self.token_counts = getattr(obj, "token_counts", ())
 
 
-class Embedder:
+class Embedder(FolderModel):
     """Embed texts with an exported model folder (or hub id), on the CPU or CUDA execution providers.
+
+    Embedder(model, variant="auto", providers=None, threads=None, max_batch_tokens=16384, truncate="end")
 
     >>> model = Embedder("gte-modernbert-base-onnx")
     >>> vectors = model.encode(["what is the capital of China?", "Beijing"])
     """
 
-    def __init__(
-        self,
-        model: str | Path,
-        variant: str = "auto",
-        providers: Sequence[str] | str | None = None,
-        threads: int | None = None,
-        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
-        truncate: str = "end",
-        revision: str | None = None,
-        verify: bool = True,
-    ):
-        self._model = LoadedModel(
-            model, "embedding", variant, providers, threads, max_batch_tokens, truncate, revision, verify
-        )
-        self.manifest = self._model.manifest
-        self.folder = self._model.folder
-        self.tokenizer = self._model.tokenizer
-
-    variant = property(lambda self: self._model.variant)
-    provider = property(lambda self: self._model.provider)
-    max_length = property(lambda self: self._model.max_length)
+    task = "embedding"
     dim = property(lambda self: self.manifest.dim)
-    threads = property(lambda self: self._model.onnx.threads)
-    onnx_model = property(lambda self: self._model.onnx, doc="the OnnxModel (session, inputs, provider)")
-
-    @property
-    def max_batch_tokens(self) -> int:
-        return self._model.max_batch_tokens
 
     def encode(
         self,
@@ -103,9 +77,3 @@ class Embedder:
 
     def count_tokens(self, texts: str | Sequence[str]) -> list[int]:
         return self.tokenizer.count_tokens(check_texts(texts))
-
-    def __repr__(self) -> str:
-        return (
-            f"Embedder({str(self.folder)!r}, variant={self.variant!r}, provider={self.provider!r}, "
-            f"dim={self.dim}, max_length={self.max_length})"
-        )

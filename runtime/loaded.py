@@ -86,3 +86,40 @@ class LoadedModel:
             progress.close()
         assert out is not None
         return out
+
+
+class FolderModel:
+    """What Embedder and Reranker share as public objects: the constructor and the model's facts."""
+
+    task = ""  # set by each subclass: the manifest task it serves
+
+    def __init__(
+        self,
+        model: str | Path,
+        variant: str = "auto",
+        providers: Sequence[str] | str | None = None,
+        threads: int | None = None,
+        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        truncate: str = "end",
+        revision: str | None = None,
+        verify: bool = True,
+    ):
+        self._model = LoadedModel(
+            model, self.task, variant, providers, threads, max_batch_tokens, truncate, revision, verify
+        )
+        self.manifest = self._model.manifest
+        self.folder = self._model.folder
+        self.tokenizer = self._model.tokenizer
+
+    variant = property(lambda self: self._model.variant)
+    provider = property(lambda self: self._model.provider)
+    max_length = property(lambda self: self._model.max_length)
+    threads = property(lambda self: self._model.onnx.threads)
+    max_batch_tokens = property(lambda self: self._model.max_batch_tokens)
+    onnx_model = property(lambda self: self._model.onnx, doc="the OnnxModel (session, inputs, provider)")
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({str(self.folder)!r}, variant={self.variant!r}, provider={self.provider!r}, "
+            f"max_length={self.max_length})"
+        )

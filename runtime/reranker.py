@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-from .batching import DEFAULT_MAX_BATCH_TOKENS
 from .errors import InvalidInputError
-from .loaded import LoadedModel
+from .loaded import FolderModel
 from .pooling import sigmoid
 from .tokenize import check_policy, check_texts, warn_truncated
 
@@ -37,36 +35,20 @@ def check_pairs(pairs: object) -> list[tuple[str, str]]:
     return out
 
 
-class Reranker:
+class Reranker(FolderModel):
     """Score documents against a query with an exported reranker folder (task "rerank").
+
+    Reranker(model, variant="auto", providers=None, threads=None, max_batch_tokens=16384, truncate="end")
 
     >>> reranker = Reranker("gte-reranker-modernbert-base-onnx")
     >>> reranker.rerank("what is the capital of China?", ["Beijing", "sorting algorithms"], top_k=1)
     """
 
-    def __init__(
-        self,
-        model: str | Path,
-        variant: str = "auto",
-        providers: Sequence[str] | str | None = None,
-        threads: int | None = None,
-        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
-        truncate: str = "end",
-        revision: str | None = None,
-        verify: bool = True,
-    ):
-        self._model = LoadedModel(
-            model, "rerank", variant, providers, threads, max_batch_tokens, truncate, revision, verify
-        )
-        self.manifest = self._model.manifest
-        self.folder = self._model.folder
-        self.tokenizer = self._model.tokenizer
-        self.last_truncated: tuple[int, ...] = ()
+    task = "rerank"
 
-    variant = property(lambda self: self._model.variant)
-    provider = property(lambda self: self._model.provider)
-    max_length = property(lambda self: self._model.max_length)
-    onnx_model = property(lambda self: self._model.onnx, doc="the OnnxModel (session, inputs, provider)")
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.last_truncated: tuple[int, ...] = ()  # pairs cut by the last predict/rerank call
 
     def predict(
         self,

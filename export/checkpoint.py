@@ -135,7 +135,9 @@ def load_checkpoint(
     auto = AutoModelForSequenceClassification if task == "rerank" else AutoModel
     if random_weights:
         torch.manual_seed(seed)
-        hf_model = auto.from_config(config, trust_remote_code=False, attn_implementation="sdpa")
+        # dtype: the config says float16 (the released weights); initialise in fp32 directly rather than
+        # round the init through fp16.
+        hf_model = auto.from_config(config, trust_remote_code=False, attn_implementation="sdpa", dtype=torch.float32)
     else:
         has_safetensors = any(folder.glob("*.safetensors"))
         has_pickle = any(folder.glob("pytorch_model*.bin"))

@@ -4,16 +4,18 @@ The graph is written op by op from the transformers weights (no tracing), so eve
 chosen here:
 
 - Local (sliding-window) layers: the sequence is cut into blocks of w = local_attention // 2 tokens
-  (padded to a multiple of w with Mod + Pad). Block i attends to the 3w keys of blocks i-1, i, i+1 with a
-  (blocks, 1, w, 3w) bias holding the band |q - k| <= w and the key padding, so memory and FLOPs grow as
-  O(L * w); no tensor of a local layer has two sequence-length dimensions.
-- Global layers: com.microsoft MultiHeadAttention, whose CPU kernel takes its flash (tiled, O(L) memory)
-  path only without mask inputs. The key padding is therefore folded into the dot product: q gets an extra
-  head dimension of 1 and k one of 0 (real token) or -1e6 (padding), so padded keys score -1e6 * scale and
-  get exactly zero weight, with the real q.k sums untouched.
-- Rotary embeddings: the opset-23 RotaryEmbedding op on precomputed cos/sin tables (plain ops below 23);
-  GeGLU as two MatMuls + Gelu + Mul; LayerNormalization. ORT's extended fusions are applied offline
-  (graph_optimize.save_optimized).
+  (padded to a multiple of w with Mod + Pad). Block i attends to the 3w keys of blocks i-1, i, i+1 through
+  com.microsoft MultiHeadAttention with a (blocks, 1, w, 3w) bias holding the band |q - k| <= w and the key
+  padding, so memory and FLOPs grow as O(L * w): no tensor of a local layer has two sequence-length
+  dimensions. The key/value windows are gathered straight into the (blocks, heads, 3w, d) layout the
+  kernel reads, which spares it two transposed copies of those 3x-sized tensors.
+- Global layers: MultiHeadAttention too, whose CPU kernel takes its flash path (tiled, O(L) memory) only
+  when it gets no mask input. The key padding is therefore folded into the dot product: q gets an extra
+  head dimension of 1 and k one of 0 (real token) or -1e6 (padding), so a padded key scores -1e6 * scale
+  and gets exactly zero weight, while the real q.k sums are untouched.
+- Rotary embeddings: the opset-23 RotaryEmbedding op on cos/sin tables computed by the model's own rotary
+  module (plain ops below opset 23); GeGLU as two MatMuls + Gelu + Mul; LayerNormalization. ORT's
+  extended-level optimisations run once at export and the result is saved (graph_optimize).
 
 Masked scores use a large finite negative, never -inf: a padding query can see only padding keys, and -inf
 would turn its row into NaN.
@@ -27,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from gte_onnx.errors import GteOnnxError, missing_dependency
+
 from .graph_optimize import save_optimized
 
 TASK_OUTPUTS = {"embedding": "last_hidden_state", "rerank": "logits"}
@@ -235,8 +237,9 @@ class _Graph:
 
     def op(self, op_type: str, inputs: list[str], domain: str = "", **attrs) -> str:
         output = self.name(op_type.lower())
-        self.nodes.append(self.helper.make_node(op_type, inputs, [output], name=self.name(op_type), domain=domain,
-                                                **attrs))
+        self.nodes.append(
+            self.helper.make_node(op_type, inputs, [output], name=self.name(op_type), domain=domain, **attrs)
+        )
         return output
 
     def slice(self, x: str, start, end, axis: int) -> str:
@@ -276,13 +279,24 @@ class _Writer:
             return g.op("Gelu", [x], approximate=approximate)
         if approximate == "none":  # 0.5 x (1 + erf(x / sqrt 2)): ORT fuses this pattern into Gelu
             erf = g.op("Erf", [g.op("Div", [x, g.const(math.sqrt(2.0), np.float32)])])
-            return g.op("Mul", [g.op("Mul", [x, g.op("Add", [erf, g.const(1.0, np.float32)])]),
-                                g.const(0.5, np.float32)])
+            return g.op(
+                "Mul", [g.op("Mul", [x, g.op("Add", [erf, g.const(1.0, np.float32)])]), g.const(0.5, np.float32)]
+            )
         cube = g.op("Mul", [g.op("Mul", [x, x]), x])
-        inner = g.op("Mul", [g.op("Add", [x, g.op("Mul", [cube, g.const(0.044715, np.float32)])]),
-                             g.const(math.sqrt(2.0 / math.pi), np.float32)])
-        return g.op("Mul", [g.op("Mul", [x, g.op("Add", [g.op("Tanh", [inner]), g.const(1.0, np.float32)])]),
-                            g.const(0.5, np.float32)])
+        inner = g.op(
+            "Mul",
+            [
+                g.op("Add", [x, g.op("Mul", [cube, g.const(0.044715, np.float32)])]),
+                g.const(math.sqrt(2.0 / math.pi), np.float32),
+            ],
+        )
+        return g.op(
+            "Mul",
+            [
+                g.op("Mul", [x, g.op("Add", [g.op("Tanh", [inner]), g.const(1.0, np.float32)])]),
+                g.const(0.5, np.float32),
+            ],
+        )
 
     # -- shared inputs -----------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -296,8 +310,10 @@ class _Writer:
         self.positions = g.op(
             "Expand", [g.op("Unsqueeze", [positions, g.const([0])]), g.op("Concat", [self.batch, self.length], axis=0)]
         )  # (B, L): RotaryEmbedding wants one row per batch item
-        self.rope = {kind: (g.weight(f"rope.{kind}.cos", cos), g.weight(f"rope.{kind}.sin", sin))
-                     for kind, (cos, sin) in p.rope.items()}
+        self.rope = {
+            kind: (g.weight(f"rope.{kind}.cos", cos), g.weight(f"rope.{kind}.sin", sin))
+            for kind, (cos, sin) in p.rope.items()
+        }
         kinds = {layer.kind for layer in p.layers}
         if "global" in kinds:
             self._prepare_global()
@@ -330,10 +346,13 @@ class _Writer:
         # window of block i = padded blocks i, i+1, i+2 (= blocks i-1, i, i+1 of the unpadded sequence)
         window_blocks = g.op("Add", [g.op("Unsqueeze", [first, g.const([1])]), g.const([[0, 1, 2]])])  # (nb, 3)
         # the same windows per head, as rows (block * heads + head) of a (B, (nb + 2) * heads, w * d) view
-        self.window_rows = g.op("Add", [
-            g.op("Mul", [g.op("Unsqueeze", [window_blocks, g.const([1])]), g.const(p.heads)]),
-            g.const(np.arange(p.heads).reshape(1, -1, 1)),
-        ])  # (nb, heads, 3)
+        self.window_rows = g.op(
+            "Add",
+            [
+                g.op("Mul", [g.op("Unsqueeze", [window_blocks, g.const([1])]), g.const(p.heads)]),
+                g.const(np.arange(p.heads).reshape(1, -1, 1)),
+            ],
+        )  # (nb, heads, 3)
         padded = g.op("Pad", [self.mask, g.op("Concat", [zero, g.const([w]), zero, after], axis=0)], mode="constant")
         key_valid = g.op("Gather", [g.op("Reshape", [padded, g.const([0, -1, w])]), window_blocks], axis=1)
         key_bias = g.op("Mul", [g.op("Sub", [g.const(1.0, np.float32), key_valid]), g.const(MASKED, np.float32)])
@@ -358,8 +377,13 @@ class _Writer:
         x1 = g.slice(heads, 0, half, 3)
         x2 = g.slice(heads, half, INT64_MAX, 3)
         rotated = g.op("Concat", [g.op("Neg", [x2]), x1], axis=3)
-        out = g.op("Add", [g.op("Mul", [heads, g.op("Concat", [cos_l, cos_l], axis=3)]),
-                           g.op("Mul", [rotated, g.op("Concat", [sin_l, sin_l], axis=3)])])
+        out = g.op(
+            "Add",
+            [
+                g.op("Mul", [heads, g.op("Concat", [cos_l, cos_l], axis=3)]),
+                g.op("Mul", [rotated, g.op("Concat", [sin_l, sin_l], axis=3)]),
+            ],
+        )
         return g.op("Reshape", [out, g.const([0, 0, p.hidden])])
 
     def global_attention(self, q: str, k: str, v: str) -> str:
@@ -369,8 +393,13 @@ class _Writer:
         merged = g.const([0, 0, p.heads * (p.head_dim + 1)])
         q = g.op("Reshape", [g.op("Concat", [g.op("Reshape", [q, split]), self.q_extra], axis=3), merged])
         k = g.op("Reshape", [g.op("Concat", [g.op("Reshape", [k, split]), self.k_extra], axis=3), merged])
-        return g.op("MultiHeadAttention", [q, k, v], domain="com.microsoft", num_heads=p.heads,
-                    scale=1.0 / math.sqrt(p.head_dim))
+        return g.op(
+            "MultiHeadAttention",
+            [q, k, v],
+            domain="com.microsoft",
+            num_heads=p.heads,
+            scale=1.0 / math.sqrt(p.head_dim),
+        )
 
     def local_windows(self, x: str) -> str:
         """(B, L, D) keys or values -> (B * blocks, heads, 3w, d): each block's window, already in the
@@ -386,8 +415,13 @@ class _Writer:
         """Blocks of w queries attend to their 3w-key window under the band + padding bias."""
         g, p = self.g, self.p
         q = g.op("Reshape", [g.op("Pad", [q, self.pads_q], mode="constant"), g.const([-1, p.window, p.hidden])])
-        out = g.op("MultiHeadAttention", [q, self.local_windows(k), self.local_windows(v), "", "", self.local_bias],
-                   domain="com.microsoft", num_heads=p.heads, scale=1.0 / math.sqrt(p.head_dim))  # (B*nb, w, D)
+        out = g.op(
+            "MultiHeadAttention",
+            [q, self.local_windows(k), self.local_windows(v), "", "", self.local_bias],
+            domain="com.microsoft",
+            num_heads=p.heads,
+            scale=1.0 / math.sqrt(p.head_dim),
+        )  # (B*nb, w, D)
         return g.slice(g.op("Reshape", [out, self.back_shape]), 0, self.length, 1)  # (B, L, D)
 
     # -- the model ---------------------------------------------------------------------------------
@@ -405,8 +439,13 @@ class _Writer:
             attn = self.global_attention(q, k, v) if layer.kind == "global" else self.local_attention(q, k, v)
             x = g.op("Add", [x, self.linear(attn, layer.out, "Wo")])
             h = self.norm(x, layer.mlp_norm, "mlp_norm")
-            gated = g.op("Mul", [self.act(self.linear(h, layer.mlp_in, "Wi_in"), p.activation),
-                                 self.linear(h, layer.mlp_gate, "Wi_gate")])
+            gated = g.op(
+                "Mul",
+                [
+                    self.act(self.linear(h, layer.mlp_in, "Wi_in"), p.activation),
+                    self.linear(h, layer.mlp_gate, "Wi_gate"),
+                ],
+            )
             x = g.op("Add", [x, self.linear(gated, layer.mlp_out, "Wo_mlp")])
         g.scope = "final/"
         return self.norm(x, p.final_norm, "final_norm")
@@ -435,8 +474,11 @@ class _Writer:
         output = TASK_OUTPUTS[task]
         g.nodes.append(helper.make_node("Identity", [result], [output], name="output"))
         inputs = [helper.make_tensor_value_info(n, TensorProto.INT64, ["batch", "sequence"]) for n in INPUT_NAMES]
-        dims = ["batch", self.p.head["classifier"].weight_t.shape[1]] if task == "rerank" else ["batch", "sequence",
-                                                                                                 self.p.hidden]
+        dims = (
+            ["batch", self.p.head["classifier"].weight_t.shape[1]]
+            if task == "rerank"
+            else ["batch", "sequence", self.p.hidden]
+        )
         outputs = [helper.make_tensor_value_info(output, TensorProto.FLOAT, dims)]
         graph = helper.make_graph(g.nodes, "modernbert", inputs, outputs, initializer=g.initializers)
         opsets = [helper.make_opsetid("", self.opset), helper.make_opsetid("com.microsoft", 1)]
@@ -505,8 +547,11 @@ def export_modernbert(hf_model, task: str, onnx_path: Path, opset: int | None = 
             "O(L*window)); global layers: MultiHeadAttention flash path with the key padding folded into an "
             "extra head dimension"
         ),
-        "recipe": {"graph": "gte-onnx windowed modernbert", "local_block": window,
-                   "optimization": "onnxruntime extended, offline"},
+        "recipe": {
+            "graph": "gte-onnx windowed modernbert",
+            "local_block": window,
+            "optimization": "onnxruntime extended, offline",
+        },
         "global_layers": summary["global_layers"],
         "local_layers": summary["local_layers"],
         "ops": ops,
@@ -516,7 +561,8 @@ def export_modernbert(hf_model, task: str, onnx_path: Path, opset: int | None = 
 def export_naive(hf_model, task: str, onnx_path: Path, opset: int | None = None) -> dict[str, Any]:
     """torch.onnx.export of the unmodified transformers model, with dense L x L masks in every layer: the
     baseline the windowed graph is benchmarked against."""
-    from .onnx_export import DEFAULT_OPSET as NAIVE_OPSET, export_generic
+    from .onnx_export import DEFAULT_OPSET as NAIVE_OPSET
+    from .onnx_export import export_generic
 
     _check_model(hf_model, task)
     return export_generic(hf_model, task, Path(onnx_path), NAIVE_OPSET if opset is None else int(opset))

@@ -206,6 +206,9 @@ class OnnxModel:
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.log_severity_level = 3
+        # The memory pattern pre-plans one arena block per seen shape; with long inputs that keeps the
+        # 8192-token plan alive next to later ones (1.61 GB peak vs 1.31 GB at 1x8192), at no speed cost.
+        options.enable_mem_pattern = False
         level = self.variant.recipe.get("session_optimization", "all")
         options.graph_optimization_level = {
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,

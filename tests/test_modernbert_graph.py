@@ -18,8 +18,8 @@ transformers = pytest.importorskip("transformers")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from gte_onnx.export.graph_optimize import PORTABLE_CONTRIB_OPS  # noqa: E402
-from gte_onnx.export.modernbert import (  # noqa: E402
+from gte_onnx.export.graph_optimize import PORTABLE_CONTRIB_OPS
+from gte_onnx.export.modernbert import (
     ModernBertExportError,
     build_modernbert_graph,
     export_modernbert,
@@ -35,7 +35,7 @@ BATCH_LENGTHS = (5, 129, 64, 300, 17, 1)
 STRUCTURE_LENGTH = 1000
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tiny_model(task: str, overrides: tuple = ()):
     """The tiny model for `task` (config overrides as (key, value) pairs), built once; tests only read it."""
     name = "gte-reranker-modernbert-base" if task == "rerank" else "gte-modernbert-base"
@@ -115,7 +115,9 @@ def local_tensor_shapes(model, length: int) -> tuple[dict, dict]:
     static = {}
     for info in inferred.graph.value_info:
         if info.name in local_names and info.type.tensor_type.HasField("shape"):
-            static[info.name] = [d.dim_value if d.HasField("dim_value") else None for d in info.type.tensor_type.shape.dim]
+            static[info.name] = [
+                d.dim_value if d.HasField("dim_value") else None for d in info.type.tensor_type.shape.dim
+            ]
     for name in local_names:
         fixed.graph.output.append(onnx.ValueInfoProto(name=name))
     options = ort.SessionOptions()
@@ -170,7 +172,9 @@ def test_padded_batch_matches_transformers_and_each_text_alone(embedder):
     real = mask.astype(bool)
     assert np.abs(got - reference(model, ids, mask))[real].max() <= ATOL
     for row, length in enumerate(BATCH_LENGTHS):
-        alone = sess.run(None, {"input_ids": ids[row : row + 1, :length], "attention_mask": mask[row : row + 1, :length]})[0]
+        alone = sess.run(
+            None, {"input_ids": ids[row : row + 1, :length], "attention_mask": mask[row : row + 1, :length]}
+        )[0]
         assert np.abs(alone[0] - got[row, :length]).max() <= ATOL
 
 

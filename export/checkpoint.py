@@ -135,9 +135,10 @@ def load_checkpoint(
     auto = AutoModelForSequenceClassification if task == "rerank" else AutoModel
     if random_weights:
         torch.manual_seed(seed)
-        # dtype: the config says float16 (the released weights); initialise in fp32 directly rather than
-        # round the init through fp16.
-        hf_model = auto.from_config(config, trust_remote_code=False, attn_implementation="sdpa", dtype=torch.float32)
+        # No dtype: the init follows the config's dtype, so a synthetic model holds values the released
+        # checkpoint could hold (gte's weights ship in float16, the reranker's in float32); it is then
+        # run in fp32 like any checkpoint.
+        hf_model = auto.from_config(config, trust_remote_code=False, attn_implementation="sdpa")
     else:
         has_safetensors = any(folder.glob("*.safetensors"))
         has_pickle = any(folder.glob("pytorch_model*.bin"))

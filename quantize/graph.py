@@ -4,6 +4,9 @@ and initializer shape (never by node name: the exporter's names change), and op 
 
 from __future__ import annotations
 
+import contextlib
+import logging
+
 import os
 from collections import Counter
 from collections.abc import Iterable
@@ -259,3 +262,18 @@ def tool_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             pass
     return versions
+
+
+@contextlib.contextmanager
+def quiet_quantizer_logs():
+    """onnxruntime.quantization logs every node it skips at INFO, through its own logger and, once its
+    modules have called logging.basicConfig, the root logger: keep both at WARNING while it works."""
+    loggers = [logging.getLogger(), logging.getLogger("onnxruntime.quantization")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)

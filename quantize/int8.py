@@ -120,7 +120,8 @@ def make_int8(
                 use_external_data_format=staged.stat().st_size >= graph.SINGLE_FILE_LIMIT,
             )
             if options.method == "dynamic":
-                q.quantize_dynamic(str(staged), str(out), extra_options=extra, **common)
+                with graph.quiet_quantizer_logs():
+                    q.quantize_dynamic(str(staged), str(out), extra_options=extra, **common)
                 activations = "uint8 per tensor, quantized at run time (DynamicQuantizeLinear)"
             else:
                 if calibration_feeds is None:

@@ -11,7 +11,6 @@ whole MLP in 8 bits 0.11 / 0.28 (143 MB for gte, so hardly smaller than int8). T
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,13 +59,8 @@ def matmul_nbits(model, uses, bits: int, block_size: int, symmetric: bool, accur
     quantizer = MatMulNBitsQuantizer(model, bits=bits, block_size=block_size, is_symmetric=symmetric,
                                      accuracy_level=accuracy_level, nodes_to_exclude=exclude,
                                      op_types_to_quantize=("MatMul",))
-    logger = logging.getLogger("onnxruntime.quantization")
-    level = logger.level
-    logger.setLevel(logging.WARNING)  # it logs every node it skips at INFO
-    try:
+    with graph.quiet_quantizer_logs():
         quantizer.process()
-    finally:
-        logger.setLevel(level)
     if quantizer.model.model is not model:
         model.CopyFrom(quantizer.model.model)
 

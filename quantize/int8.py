@@ -58,8 +58,8 @@ class Int8Options:
 def _ort_quantization():
     try:
         from onnxruntime import quantization
-    except ImportError:
-        raise missing_dependency("onnxruntime", "cpu", "int8 quantization") from None
+    except ImportError as exc:
+        raise missing_dependency(exc.name or "onnxruntime", "quantize", "int8 quantization") from None
     return quantization
 
 

@@ -51,8 +51,8 @@ def matmul_nbits(model, uses, bits: int, block_size: int, symmetric: bool, accur
     """Replace the MatMuls of `uses` by MatMulNBits with `bits`-bit block-quantized weights, in place."""
     try:
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-    except ImportError:
-        raise missing_dependency("onnxruntime", "cpu", "weight quantization") from None
+    except ImportError as exc:  # onnxruntime's quantizer also needs onnx-ir, which it does not declare
+        raise missing_dependency(exc.name or "onnxruntime", "quantize", "weight quantization") from None
     chosen = {u.node for u in uses}
     # The quantizer takes every MatMul it can unless excluded, so exclusion is how the choice is made.
     exclude = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in chosen]

@@ -198,7 +198,7 @@ class OnnxModel:
                 f"variant {self.variant.name!r} runs on the CPU execution provider, where fp16 is slow; "
                 "use fp32 or int8 on CPUs",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=4,  # the caller of Embedder(...) / Reranker(...)
             )
         self.threads = int(threads) if threads else physical_cores()
         options = ort.SessionOptions()

@@ -8,7 +8,6 @@ on the biggest input has already given every smaller figure.
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from typing import Any
 
 from ..errors import InvalidInputError, VariantError
 from ..manifest import Manifest, Variant
+from ..progress import Progress
 from .corpus import load_corpus
 from .machine import describe_machine
 from .measure import (
@@ -170,52 +170,9 @@ def plan_contenders(manifest: Manifest, config: BenchConfig, providers: Sequence
     return contenders
 
 
-class BenchProgress:
-    """A progress bar over the run's cells (tqdm when installed, else one rewritten stderr line)."""
-
-    def __init__(self, total: int, enabled: bool):
-        self.total, self.enabled, self.done = total, enabled, 0
-        self._bar = None
-        self._note = ""
-        self._start = time.perf_counter()
-        if enabled:
-            try:
-                from tqdm import tqdm
-
-                self._bar = tqdm(total=total, desc="bench", unit="cell", file=sys.stderr, leave=False)
-            except ImportError:
-                pass
-
-    def note(self, text: str) -> None:
-        if not self.enabled:
-            return
-        self._note = text
-        if self._bar is not None:
-            self._bar.set_postfix_str(text, refresh=True)
-        else:
-            self._line()
-
-    def step(self, n: int = 1) -> None:
-        if not self.enabled:
-            return
-        self.done += n
-        if self._bar is not None:
-            self._bar.update(n)
-        else:
-            self._line()
-
-    def _line(self) -> None:
-        elapsed = time.perf_counter() - self._start
-        sys.stderr.write(f"\rbench [{self.done}/{self.total}] {elapsed:6.0f}s {self._note:<48.48}")
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        if not self.enabled:
-            return
-        if self._bar is not None:
-            self._bar.close()
-        else:
-            sys.stderr.write("\n")
+def BenchProgress(total: int, enabled: bool) -> Progress:
+    """The runtime's progress bar over the run's cells (tqdm when installed, else one stderr line)."""
+    return Progress(total, "bench", enabled, unit="cell", leave=False)
 
 
 def _row(contender: Contender, mode: str, label: str, batch: int | None, length: int | None,
@@ -310,7 +267,7 @@ class _Run:
                 worker = self.workers.pop(contender.key, None)
                 if worker is not None:
                     worker.close()
-            self.progress.step()
+            self.progress.update()
 
     def _reason(self, contender: Contender) -> str:
         return (contender.error or self.gone.get(contender.key)
@@ -359,7 +316,7 @@ class _Run:
                     peaks[contender.key] = worker.request("peak", 60)["peak_rss_bytes"]
                 except WorkerError:
                     peaks[contender.key] = None
-        self.progress.step(len(self.contenders))
+        self.progress.update(len(self.contenders))
         return outcomes, peaks, last_reply
 
     def shape_rows(self, shape: Shape, ids) -> list[dict[str, Any]]:

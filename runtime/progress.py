@@ -7,29 +7,43 @@ import time
 
 
 class Progress:
-    def __init__(self, total: int, desc: str, enabled: bool):
+    def __init__(self, total: int, desc: str, enabled: bool, unit: str = "text", leave: bool = True):
         self.total, self.desc, self.enabled = total, desc, enabled
         self.done = 0
         self._bar = None
+        self._note = ""
         self._start = time.perf_counter()
         if enabled:
             try:
                 from tqdm import tqdm
 
-                self._bar = tqdm(total=total, desc=desc, unit="text", file=sys.stderr)
+                self._bar = tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=leave)
             except ImportError:
                 pass
 
-    def update(self, n: int) -> None:
+    def update(self, n: int = 1) -> None:
         if not self.enabled:
             return
         self.done += n
         if self._bar is not None:
             self._bar.update(n)
         else:
-            rate = self.done / max(time.perf_counter() - self._start, 1e-9)
-            sys.stderr.write(f"\r{self.desc}: {self.done}/{self.total} ({rate:.1f}/s)")
-            sys.stderr.flush()
+            self._line()
+
+    def note(self, text: str) -> None:
+        """What is running now, shown after the count."""
+        if not self.enabled:
+            return
+        self._note = text
+        if self._bar is not None:
+            self._bar.set_postfix_str(text, refresh=True)
+        else:
+            self._line()
+
+    def _line(self) -> None:
+        rate = self.done / max(time.perf_counter() - self._start, 1e-9)
+        sys.stderr.write(f"\r{self.desc}: {self.done}/{self.total} ({rate:.1f}/s) {self._note:<48.48}")
+        sys.stderr.flush()
 
     def close(self) -> None:
         if not self.enabled:

@@ -80,13 +80,15 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str]):
         base = SHORT_POLICY if args.short else FULL_POLICY
         warm = base.min_warmups if args.warmups is None else args.warmups
         reps = args.repeats
+        min_reps = reps if reps is not None else base.min_repeats
         policy = RepeatPolicy(
             min_warmups=warm,
             max_warmups=warm if args.warmups is not None else base.max_warmups,
             warmup_budget_s=base.warmup_budget_s,
-            min_repeats=reps if reps is not None else base.min_repeats,
+            min_repeats=min_reps,
             max_repeats=reps if reps is not None else base.max_repeats,
             budget_s=base.budget_s,
+            heavy_min_repeats=min(base.heavy_min_repeats, min_reps),  # --repeats 1 is a valid request
         )
     return BenchConfig(
         folder=Path(args.folder),

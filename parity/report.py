@@ -62,18 +62,20 @@ def _open_runtime(folder: Path, task: str, variant: str, threads: int | None, pr
     return cls(folder, variant=variant, threads=threads, providers=providers)
 
 
-def _runtime_outputs(model, reference: Reference) -> tuple[np.ndarray, list[np.ndarray]]:
+def probe_outputs(model, task: str, texts, pairs) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Raw outputs (unnormalised embeddings, or logits) of an Embedder/Reranker on a probe set, with the
+    token ids it used; shared by the parity report and the quantize step's fp32 baseline."""
     from gte_onnx.tokenize import TruncationWarning
 
     with warnings.catch_warnings():
         # The probe set holds one over-long input on purpose; its truncation is checked via the token ids.
         warnings.simplefilter("ignore", TruncationWarning)
-        if reference.task == "rerank":
-            out = model.predict(reference.pairs, show_progress=False)
-            ids = model.tokenizer.encode_pairs(reference.pairs).ids
+        if task == "rerank":
+            out = model.predict(pairs, show_progress=False)
+            ids = model.tokenizer.encode_pairs(pairs).ids
         else:
-            out = model.encode(reference.texts, normalize=False, show_progress=False)
-            ids = model.tokenizer.encode(reference.texts).ids
+            out = model.encode(texts, normalize=False, show_progress=False)
+            ids = model.tokenizer.encode(texts).ids
     return np.asarray(out), ids
 
 
@@ -96,7 +98,7 @@ def evaluate_variant(
     model = _open_runtime(folder, reference.task, variant, threads, providers)
     notes: list[str] = []
     extra_failures: list[str] = []
-    outputs, ids = _runtime_outputs(model, reference)
+    outputs, ids = probe_outputs(model, reference.task, reference.texts, reference.pairs)
     mismatched = token_mismatches(reference.token_ids, ids)
     if mismatched:
         notes.append(

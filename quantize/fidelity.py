@@ -47,22 +47,17 @@ def measure_baseline(
     """Run the fp32 variant over the parity probe set (and the data sets) once per quantize run."""
     from gte_onnx.parity.probes import build_probe_set
     from gte_onnx.parity.reference import Reference
-    from gte_onnx.parity.report import data_figures
+    from gte_onnx.parity.report import data_figures, probe_outputs
     from gte_onnx.tokenize import TruncationWarning
 
     folder = Path(folder)
     probes = build_probe_set(folder / "tokenizer.json", manifest.max_length, manifest.task)
     model = _open(folder, manifest.task, "fp32", threads, CPU)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", TruncationWarning)  # the probe set holds an over-long input on purpose
-        if manifest.task == "rerank":
-            outputs = model.predict(probes.pairs, show_progress=False)
-            ids = model.tokenizer.encode_pairs(probes.pairs).ids
-        else:
-            outputs = model.encode(probes.texts, normalize=False, show_progress=False)
-            ids = model.tokenizer.encode(probes.texts).ids
-        data: dict[str, float] = {}
-        if data_sets and manifest.task == "embedding":
+    outputs, ids = probe_outputs(model, manifest.task, probes.texts, probes.pairs)
+    data: dict[str, float] = {}
+    if data_sets and manifest.task == "embedding":
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", TruncationWarning)  # long documents are cut as in fp32's own run
             data = data_figures(lambda texts: model.encode(texts, normalize=True, show_progress=False), data_sets)
     reference = Reference(
         task=manifest.task,

@@ -12,9 +12,11 @@ chosen here:
 - Global layers: MultiHeadAttention too, whose CPU kernel takes its flash path (tiled, O(L) memory) only
   when it gets no mask input. The key padding is therefore folded into the dot product: q gets an extra
   head dimension of 1 and k one of 0 (real token) or -1e6 (padding), so a padded key scores -1e6 * scale
-  and gets exactly zero weight, while the real q.k sums are untouched.
-- Rotary embeddings: the opset-23 RotaryEmbedding op on cos/sin tables computed by the model's own rotary
-  module (plain ops below opset 23); GeGLU as two MatMuls + Gelu + Mul; LayerNormalization. ORT's
+  and gets exactly zero weight, while the real q.k sums are untouched. An If skips the extra dimension
+  when the batch has no padding (every single text), where the kernel's head size stays 64.
+- Rotary embeddings: the opset-23 RotaryEmbedding op (plain ops below opset 23) on cos/sin of
+  position * inv_freq computed in the graph for the actual length, with the rotary module's inv_freq, so
+  no max_positions-sized table is stored; GeGLU as two MatMuls + Gelu + Mul; LayerNormalization. ORT's
   extended-level optimisations run once at export and the result is saved (graph_optimize).
 
 Masked scores use a large finite negative, never -inf: a padding query can see only padding keys, and -inf
@@ -89,7 +91,7 @@ class _Parts:
     embed_norm: _Norm
     layers: list[_Layer]
     final_norm: _Norm
-    rope: dict[str, tuple[np.ndarray, np.ndarray]]  # kind -> (cos, sin), each (max_positions, head_dim/2)
+    rope: dict[str, tuple[np.ndarray, float]]  # kind -> (inv_freq (head_dim/2,), attention scaling)
     head: dict[str, Any] = field(default_factory=dict)  # rerank only
 
 
@@ -116,26 +118,21 @@ def _activation_name(name: str) -> str:
     return supported[name]
 
 
-def _rope_tables(base, kind_of_type: dict[str, str], head_dim: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """cos/sin of every position, computed by the model's own rotary module so the values are identical."""
-    import torch
+def _rope_frequencies(base, kind_of_type: dict[str, str]) -> dict[str, tuple[np.ndarray, float]]:
+    """inv_freq and attention scaling of each layer kind, read from the model's own rotary module.
 
+    The graph computes cos/sin of position * inv_freq itself (as the module does: one fp32 product per
+    element), so no (max_positions x head_dim/2) table is stored: 4 MB saved for gte, in every variant."""
     rotary = base.rotary_emb
-    positions = torch.arange(base.config.max_position_embeddings).unsqueeze(0)
-    probe = torch.zeros(1, dtype=torch.float32)
-    tables = {}
+    frequencies = {}
     for layer_type, kind in kind_of_type.items():
         rope_type = getattr(rotary, "rope_type", {}).get(layer_type, "default")
         if rope_type != "default":
             raise ModernBertExportError(f"rope type {rope_type!r} of {layer_type} layers is not supported")
-        with torch.no_grad():
-            cos, sin = rotary(probe, positions, layer_type)
-        half = head_dim // 2
-        cos, sin = _np(cos[0]), _np(sin[0])
-        if not (np.array_equal(cos[:, :half], cos[:, half:]) and np.array_equal(sin[:, :half], sin[:, half:])):
-            raise ModernBertExportError("the rotary tables are not of the rotate-half form")
-        tables[kind] = (np.ascontiguousarray(cos[:, :half]), np.ascontiguousarray(sin[:, :half]))
-    return tables
+        inv_freq = _np(getattr(rotary, f"{layer_type}_inv_freq")).reshape(-1)
+        scaling = float(getattr(rotary, f"{layer_type}_attention_scaling", 1.0))
+        frequencies[kind] = (inv_freq.astype(np.float32), scaling)
+    return frequencies
 
 
 def _extract(hf_model, task: str) -> _Parts:
@@ -183,7 +180,7 @@ def _extract(hf_model, task: str) -> _Parts:
         embed_norm=_norm(base.embeddings.norm),
         layers=layers,
         final_norm=_norm(base.final_norm),
-        rope=_rope_tables(base, used, head_dim),
+        rope=_rope_frequencies(base, used),
     )
     if task == "rerank":
         pooling = hf_model.config.classifier_pooling
@@ -241,6 +238,19 @@ class _Graph:
             self.helper.make_node(op_type, inputs, [output], name=self.name(op_type), domain=domain, **attrs)
         )
         return output
+
+    def branch(self, hint: str, build) -> Any:
+        """A subgraph (for If) of the nodes `build()` writes; it reads outer tensors by name."""
+        outer, self.nodes = self.nodes, []
+        try:
+            output = build()
+            nodes = self.nodes
+        finally:
+            self.nodes = outer
+        from onnx import TensorProto
+
+        result = self.helper.make_tensor_value_info(output, TensorProto.FLOAT, None)
+        return self.helper.make_graph(nodes, self.name(hint), [], [result])
 
     def slice(self, x: str, start, end, axis: int) -> str:
         starts = start if isinstance(start, str) else self.const([start])
@@ -310,20 +320,33 @@ class _Writer:
         self.positions = g.op(
             "Expand", [g.op("Unsqueeze", [positions, g.const([0])]), g.op("Concat", [self.batch, self.length], axis=0)]
         )  # (B, L): RotaryEmbedding wants one row per batch item
-        self.rope = {
-            kind: (g.weight(f"rope.{kind}.cos", cos), g.weight(f"rope.{kind}.sin", sin))
-            for kind, (cos, sin) in p.rope.items()
-        }
+        self.rope = {kind: self._rope_tables(kind, *rope) for kind, rope in p.rope.items()}
         kinds = {layer.kind for layer in p.layers}
         if "global" in kinds:
             self._prepare_global()
         if "local" in kinds:
             self._prepare_local()
 
+    def _rope_tables(self, kind: str, inv_freq: np.ndarray, scaling: float) -> tuple[str, str]:
+        """(L, head_dim/2) cos and sin of position * inv_freq, as the rotary module computes them."""
+        g = self.g
+        g.scope = f"rope.{kind}/"
+        positions = g.op("Cast", [g.op("Range", [g.const(0), g.op("Squeeze", [self.length, g.const([0])]),
+                                                g.const(1)])], to=1)
+        freqs = g.op("Mul", [g.op("Unsqueeze", [positions, g.const([1])]), g.weight("inv_freq", inv_freq[None, :])])
+        tables = [g.op("Cos", [freqs]), g.op("Sin", [freqs])]
+        if scaling != 1.0:
+            tables = [g.op("Mul", [t, g.const(scaling, np.float32)]) for t in tables]
+        g.scope = ""
+        return tables[0], tables[1]
+
     def _prepare_global(self) -> None:
-        """The extra head dimension of q (ones) and of k (0 for a real key, MASKED for padding)."""
+        """The extra head dimension of q (ones) and of k (0 for a real key, MASKED for padding), and whether
+        the batch has any padding at all."""
         g, p = self.g, self.p
         g.scope = "global_mask/"
+        minimum = g.op("ReduceMin", ["attention_mask"], keepdims=0)
+        self.unpadded = g.op("Equal", [minimum, g.const(1)])  # scalar bool
         shape = g.op("Concat", [self.batch, self.length, g.const([p.heads, 1])], axis=0)  # (B, L, heads, 1)
         self.q_extra = g.op("ConstantOfShape", [shape], value=g.numpy_helper.from_array(np.ones(1, np.float32)))
         key_offset = g.op("Mul", [g.op("Sub", [g.const(1.0, np.float32), self.mask]), g.const(MASKED, np.float32)])
@@ -335,6 +358,10 @@ class _Writer:
         g, p = self.g, self.p
         w = p.window
         g.scope = "local_mask/"
+        # inputs of up to 3w tokens take the dense path (local_dense), longer ones the blockwise one
+        self.short = g.op("LessOrEqual", [g.op("Squeeze", [self.length, g.const([0])]), g.const(3 * w)])
+        key_offset = g.op("Mul", [g.op("Sub", [g.const(1.0, np.float32), self.mask]), g.const(MASKED, np.float32)])
+        self.key_bias_dense = g.op("Unsqueeze", [key_offset, g.const([1, 2])])  # (B, 1, 1, L)
         pad = g.op("Mod", [g.op("Sub", [g.const([w]), g.op("Mod", [self.length, g.const([w])])]), g.const([w])])
         after = g.op("Add", [pad, g.const([w])])
         zero = g.const([0])
@@ -372,8 +399,8 @@ class _Writer:
         # x * cos + rotate_half(x) * sin, with rotate_half(x) = concat(-x2, x1) per head
         half = p.head_dim // 2
         heads = g.op("Reshape", [x, g.const([0, 0, p.heads, p.head_dim])])
-        cos_l = g.op("Unsqueeze", [g.slice(cos, 0, self.length, 0), g.const([0, 2])])  # (1, L, 1, half)
-        sin_l = g.op("Unsqueeze", [g.slice(sin, 0, self.length, 0), g.const([0, 2])])
+        cos_l = g.op("Unsqueeze", [cos, g.const([0, 2])])  # (1, L, 1, half)
+        sin_l = g.op("Unsqueeze", [sin, g.const([0, 2])])
         x1 = g.slice(heads, 0, half, 3)
         x2 = g.slice(heads, half, INT64_MAX, 3)
         rotated = g.op("Concat", [g.op("Neg", [x2]), x1], axis=3)
@@ -387,19 +414,25 @@ class _Writer:
         return g.op("Reshape", [out, g.const([0, 0, p.hidden])])
 
     def global_attention(self, q: str, k: str, v: str) -> str:
-        """Flash MultiHeadAttention over all keys; padding handled by the extra head dimension."""
+        """Flash MultiHeadAttention over all keys. A batch without padding (every single text, and
+        batches of equal lengths) takes q, k, v as they are; otherwise the padding goes into the extra
+        head dimension. The If costs one scalar test and spares the unpadded case the odd head size
+        (d + 1 = 65 for gte), which the CPU kernel runs 13% slower (1.31 vs 1.16 s per layer at 8192)."""
         g, p = self.g, self.p
-        split = g.const([0, 0, p.heads, p.head_dim])
-        merged = g.const([0, 0, p.heads * (p.head_dim + 1)])
-        q = g.op("Reshape", [g.op("Concat", [g.op("Reshape", [q, split]), self.q_extra], axis=3), merged])
-        k = g.op("Reshape", [g.op("Concat", [g.op("Reshape", [k, split]), self.k_extra], axis=3), merged])
-        return g.op(
-            "MultiHeadAttention",
-            [q, k, v],
-            domain="com.microsoft",
-            num_heads=p.heads,
-            scale=1.0 / math.sqrt(p.head_dim),
-        )
+
+        def attend(q: str, k: str) -> str:
+            return g.op("MultiHeadAttention", [q, k, v], domain="com.microsoft", num_heads=p.heads,
+                        scale=1.0 / math.sqrt(p.head_dim))
+
+        def padded() -> str:
+            split = g.const([0, 0, p.heads, p.head_dim])
+            merged = g.const([0, 0, p.heads * (p.head_dim + 1)])
+            q_ext = g.op("Reshape", [g.op("Concat", [g.op("Reshape", [q, split]), self.q_extra], axis=3), merged])
+            k_ext = g.op("Reshape", [g.op("Concat", [g.op("Reshape", [k, split]), self.k_extra], axis=3), merged])
+            return attend(q_ext, k_ext)
+
+        return g.op("If", [self.unpadded], then_branch=g.branch("unpadded", lambda: attend(q, k)),
+                    else_branch=g.branch("padded", padded))
 
     def local_windows(self, x: str) -> str:
         """(B, L, D) keys or values -> (B * blocks, heads, 3w, d): each block's window, already in the
@@ -412,6 +445,26 @@ class _Writer:
         return g.op("Reshape", [x, g.const([-1, p.heads, 3 * w, p.head_dim])])
 
     def local_attention(self, q: str, k: str, v: str) -> str:
+        """Sliding-window attention: blockwise for long inputs, one band-masked pass for short ones."""
+        g = self.g
+        return g.op("If", [self.short], then_branch=g.branch("short", lambda: self.local_dense(q, k, v)),
+                    else_branch=g.branch("blockwise", lambda: self.local_blockwise(q, k, v)))
+
+    def local_dense(self, q: str, k: str, v: str) -> str:
+        """Up to 3w tokens, every query attends to the whole sequence under a (B, 1, L, L) band + padding
+        bias: no more keys per query than a block's 3w window, without the padding to whole blocks and
+        the window gathers (measured: a third less local-layer time at 32 x 128). L x L stays <= 3w x 3w."""
+        g, p = self.g, self.p
+        positions = g.op("Range", [g.const(0), g.op("Squeeze", [self.length, g.const([0])]), g.const(1)])
+        distance = g.op("Abs", [g.op("Sub", [g.op("Unsqueeze", [positions, g.const([1])]),
+                                             g.op("Unsqueeze", [positions, g.const([0])])])])  # (L, L)
+        band = g.op("Where", [g.op("Greater", [distance, g.const(p.window)]), g.const(MASKED, np.float32),
+                              g.const(0.0, np.float32)])
+        bias = g.op("Add", [band, self.key_bias_dense])  # (B, 1, L, L)
+        return g.op("MultiHeadAttention", [q, k, v, "", "", bias], domain="com.microsoft", num_heads=p.heads,
+                    scale=1.0 / math.sqrt(p.head_dim))
+
+    def local_blockwise(self, q: str, k: str, v: str) -> str:
         """Blocks of w queries attend to their 3w-key window under the band + padding bias."""
         g, p = self.g, self.p
         q = g.op("Reshape", [g.op("Pad", [q, self.pads_q], mode="constant"), g.const([-1, p.window, p.hidden])])
@@ -544,8 +597,8 @@ def export_modernbert(hf_model, task: str, onnx_path: Path, opset: int | None = 
         "opset": opset,
         "attention": (
             f"local layers: {window}-token query blocks over 3-block key windows (band |q-k| <= {window}, "
-            "O(L*window)); global layers: MultiHeadAttention flash path with the key padding folded into an "
-            "extra head dimension"
+            f"O(L*window)), one band-masked pass up to {3 * window} tokens; global layers: MultiHeadAttention "
+            "flash path, the key padding folded into an extra head dimension when the batch has any"
         ),
         "recipe": {
             "graph": "gte-onnx windowed modernbert",

@@ -100,6 +100,28 @@ def test_sequence_dims_counts_a_dense_score_tensor():
     assert sequence_dims((1, 1024, 64), 1000) == 1
 
 
+def inline_branches(model, length: int, window: int):
+    """The graph as it runs at `length`: each If replaced by the nodes of the branch it takes there
+    (local layers: dense up to 3 * window tokens, blockwise beyond; global layers: unpadded here)."""
+    inlined = onnx.ModelProto()
+    inlined.CopyFrom(model)
+    nodes = []
+    for node in inlined.graph.node:
+        if node.op_type != "If":
+            nodes.append(node)
+            continue
+        attrs = {a.name: a.g for a in node.attribute}
+        if ".local/" in node.name:
+            branch = attrs["then_branch"] if length <= 3 * window else attrs["else_branch"]
+        else:
+            branch = attrs["then_branch"]  # one unpadded text
+        nodes.extend(branch.node)
+        nodes.append(onnx.helper.make_node("Identity", [branch.output[0].name], [node.output[0]], name=node.name))
+    del inlined.graph.node[:]
+    inlined.graph.node.extend(nodes)
+    return inlined
+
+
 def local_tensor_shapes(model, length: int) -> tuple[dict, dict]:
     """Shapes of every tensor made by a local-layer node at a concrete length: (from onnx shape
     inference, from running the graph). Inference alone cannot follow the Mod/Range size arithmetic
@@ -129,7 +151,8 @@ def local_tensor_shapes(model, length: int) -> tuple[dict, dict]:
 
 
 def test_no_local_layer_tensor_has_two_sequence_dims():
-    model = build_modernbert_graph(tiny_model("embedding"), "embedding")
+    hf_model = tiny_model("embedding")
+    model = inline_branches(build_modernbert_graph(hf_model, "embedding"), STRUCTURE_LENGTH, hf_model.config.sliding_window)
     static, actual = local_tensor_shapes(model, STRUCTURE_LENGTH)
     assert len(actual) > 100  # every local layer contributes its attention, projections and MLP
     too_big = {n: s for n, s in {**static, **actual}.items() if sequence_dims(s, STRUCTURE_LENGTH) > 1}
@@ -137,6 +160,27 @@ def test_no_local_layer_tensor_has_two_sequence_dims():
     largest = max(int(np.prod(shape)) for shape in actual.values())
     # the largest local tensor is a key/value window: 3 blocks per block, i.e. O(L * window)
     assert largest <= 3 * 1024 * TINY["hidden_size"]
+
+
+def test_dense_local_path_is_taken_only_up_to_three_windows():
+    """The If in front of each local layer: dense (L x L bias) only while L <= 3w, so the dense path's
+    largest tensor is bounded by the window, not by the input."""
+    hf_model = tiny_model("embedding")
+    w = hf_model.config.sliding_window
+    model = build_modernbert_graph(hf_model, "embedding")
+    local_ifs = [n for n in model.graph.node if n.op_type == "If" and ".local/" in n.name]
+    assert len(local_ifs) == 4  # one per local layer of the tiny model
+    conditions = sorted({n.input[0] for n in local_ifs})
+    assert len(conditions) == 1
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    probe.graph.output.append(onnx.ValueInfoProto(name=conditions[0]))
+    run = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
+    for length, dense in ((1, True), (3 * w, True), (3 * w + 1, False), (1000, False)):
+        ids, mask = padded_batch([length])
+        assert bool(run.run([conditions[0]], {"input_ids": ids, "attention_mask": mask})[0]) is dense
+    static, actual = local_tensor_shapes(inline_branches(model, 3 * w, w), 3 * w)
+    assert max(int(np.prod(shape)) for shape in actual.values()) <= 3 * w * 3 * w * TINY["num_attention_heads"]
 
 
 def test_saved_graph_uses_only_portable_ops(embedder):

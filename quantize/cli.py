@@ -22,7 +22,7 @@ with 1 when a variant fails its fidelity gate (it is still recorded, and variant
 def build_parser() -> argparse.ArgumentParser:
     from .build import DEFAULT_VARIANTS, EVALUATIONS, VARIANTS
     from .int8 import METHODS, Int8Options
-    from .q4 import ACCURACY_LEVELS, BLOCK_SIZES, Q4Options
+    from .q4 import ACCURACY_LEVELS, BLOCK_SIZES, ROUNDINGS, Q4Options
 
     p = argparse.ArgumentParser(
         prog="gte-onnx quantize",
@@ -52,14 +52,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "comma-separated from square, expand, contract, or 'none' (default: %(default)s)")
     g.add_argument("--smooth-alpha", type=float, default=None,
                    help="apply SmoothQuant with this alpha before quantizing (off by default)")
+    g.add_argument("--int8-table-bits", type=int, choices=(4, 8), default=Int8Options.embedding_bits,
+                   help="bits of the token embedding table in the int8 file (default: %(default)s)")
     g = p.add_argument_group("q4")
     g.add_argument("--block-size", type=int, choices=BLOCK_SIZES, default=Q4Options.block_size)
     g.add_argument("--accuracy-level", type=int, choices=ACCURACY_LEVELS, default=Q4Options.accuracy_level)
     g.add_argument("--symmetric", action="store_true", help="4-bit weights without zero points")
-    g.add_argument("--q4-8bit-roles", default=",".join(Q4Options.int8_roles), metavar="ROLES",
+    g.add_argument("--q4-8bit-roles", default=",".join(Q4Options.int8_roles) or "none", metavar="ROLES",
                    help="layers given 8-bit weights in the q4 file: comma-separated from square, expand, "
                         "contract, or 'none' (default: %(default)s)")
-    g.add_argument("--no-awq", action="store_true", help="plain round-to-nearest 4-bit weights, no activation-aware scales")
+    g.add_argument("--no-awq", action="store_true", help="no activation-aware scales before rounding")
+    g.add_argument("--rounding", choices=ROUNDINGS, default=Q4Options.rounding,
+                   help="gptq: error-feedback rounding on real-text Hessians; rtn: round to nearest "
+                        "(default: %(default)s)")
+    g.add_argument("--q4-table-bits", type=int, choices=(4, 8), default=Q4Options.embedding_bits,
+                   help="bits of the token embedding table in the q4 file (default: %(default)s)")
     g = p.add_argument_group("both")
     g.add_argument("--min-weight-elements", type=int, default=None,
                    help="weights with fewer elements stay in float (default: 4096)")
@@ -94,10 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             int8=Int8Options(method=args.int8_method, per_channel=not args.no_per_channel,
                              reduce_range=args.reduce_range, min_weight_elements=min_elements,
                              quantize_embeddings=not args.float_embeddings,
-                             per_token_roles=_roles(args.per_token_roles), smooth_alpha=args.smooth_alpha),
+                             per_token_roles=_roles(args.per_token_roles), smooth_alpha=args.smooth_alpha,
+                             embedding_bits=args.int8_table_bits),
             q4=Q4Options(block_size=args.block_size, accuracy_level=args.accuracy_level, symmetric=args.symmetric,
                          min_weight_elements=min_elements, quantize_embeddings=not args.float_embeddings,
-                         int8_roles=_roles(args.q4_8bit_roles), activation_aware=not args.no_awq),
+                         int8_roles=_roles(args.q4_8bit_roles), activation_aware=not args.no_awq,
+                         rounding=args.rounding, embedding_bits=args.q4_table_bits),
             evaluation=args.evaluation,
             threads=args.threads,
             gate_overrides=parse_overrides(args.gate),

@@ -4,6 +4,9 @@
   unloadable model in a trial here).
 - LayerNorm ops stay in float32 (the converter wraps them in Casts): their mean/variance reductions over
   768 values are where fp16 loses most, and the residual stream they read can exceed fp16's range.
+- Rotary angles stay in float32: the exporter computes cos/sin of position * inv_freq in the graph, and
+  in fp16 a position near 8192 is only exact to +-4, so the angle (and the attention) would be wrong at
+  long inputs. Cos, Sin and the float nodes feeding them are blocked; only their outputs are cast down.
 - Mask constants are made fp16-safe first: -inf or float32's finfo.min (-3.4e38, which the converter
   clamps to -65504) plus a negative score saturates to -inf in fp16, and a query row whose keys are all
   masked (a padding row) then gives softmax NaN, which mean pooling multiplies by zero and keeps (NaN*0
@@ -27,6 +30,10 @@ FLOAT32_OPS = (
     "SkipLayerNormalization",
     "SkipSimplifiedLayerNormalization",
 )
+# Nodes of a quantized embedding table kept in float32 (embedding.py names them with these suffixes):
+# GatherBlockQuantized's output type is its scales' type, which the converter does not track, so the
+# table's dequantization and exact-row correction stay float32 up to the (float32) LayerNorm after them.
+FLOAT32_NODE_SUFFIXES = ("_rows_4bit", "_kept_float", "_exact_rows", "_with_exact_rows")
 # A large negative number that fp16 holds with room to spare (its max is 65504).
 SAFE_MASK_VALUE = -1.0e4
 # Only small constants are mask fill values; big tensors are weights and are left alone.
@@ -77,21 +84,73 @@ def make_mask_constants_safe(model) -> int:
     return changed
 
 
+def rotary_angle_nodes(model) -> list[str]:
+    """Names of the Cos/Sin nodes and every node upstream of them (positions, their product with
+    inv_freq): what must stay float32 for rotary angles to be right at long inputs."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    pending = [node for node in model.graph.node if node.op_type in ("Cos", "Sin")]
+    names: set[str] = set()
+    while pending:
+        node = pending.pop()
+        if node.name in names:
+            continue
+        names.add(node.name)
+        pending += [producers[name] for name in node.input if name in producers]
+    return sorted(names)
+
+
+def drop_round_trips(model, float32_nodes: set[str]) -> int:
+    """Skip the fp32 -> fp16 -> fp32 Cast pairs the converter puts between two float32 (blocked) nodes.
+
+    The converter casts every blocked node's float output down and its float inputs back up, so a chain
+    of blocked nodes (positions -> angles) would still pass through fp16 between links. A consumer Cast
+    to float32 of such a down-Cast reads the float32 original instead (a float32 -> float32 Cast, which ORT
+    drops); down-Casts left without readers are removed. Returns the number of bypassed Casts."""
+    from onnx import TensorProto
+
+    producers = {out: node for node in model.graph.node for out in node.output}
+    readers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+
+    def cast_to(node) -> int | None:
+        return next((a.i for a in node.attribute if a.name == "to"), None) if node.op_type == "Cast" else None
+
+    bypassed = 0
+    for down in list(model.graph.node):
+        source = producers.get(down.input[0]) if down.input else None
+        if cast_to(down) != TensorProto.FLOAT16 or source is None or source.name not in float32_nodes:
+            continue
+        for up in readers.get(down.output[0], []):
+            if cast_to(up) == TensorProto.FLOAT:
+                up.input[0] = down.input[0]
+                bypassed += 1
+        if all(cast_to(r) == TensorProto.FLOAT for r in readers.get(down.output[0], [])):
+            model.graph.node.remove(down)
+    return bypassed
+
+
 def convert_to_fp16(model) -> tuple[Any, dict[str, Any]]:
     """The fp16 model (a new proto) and the recipe entries describing the conversion."""
     float16 = _float16_module()
     safe_constants = make_mask_constants_safe(model)
     present = {node.op_type for node in model.graph.node}
     blocked = sorted(present & set(FLOAT32_OPS))
+    rotary = rotary_angle_nodes(model)
     converted = float16.convert_float_to_float16(
         model,
         keep_io_types=True,
         op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST) + list(FLOAT32_OPS),
+        node_block_list=[n.name for n in model.graph.node if n.name.endswith(FLOAT32_NODE_SUFFIXES)]
+        + rotary or None,
     )
+    drop_round_trips(converted, set(rotary))
     recipe = {
         "dtype": "float16",
         "io_types": "float32 (Casts at the graph's inputs and outputs)",
         "ops_kept_float32": blocked,
+        "rotary_angle_nodes_kept_float32": len(rotary),
         "mask_constants_made_safe": safe_constants,
         "safe_mask_value": SAFE_MASK_VALUE,
         "converter": "onnxruntime.transformers.float16",

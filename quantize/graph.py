@@ -21,6 +21,8 @@ from gte_onnx.errors import ModelFolderError, missing_dependency
 MIN_WEIGHT_ELEMENTS = 4096
 # Gather tables at least this large are embedding tables worth quantizing (gte's is 50368x768).
 MIN_TABLE_ELEMENTS = 65536
+# The embedding table's exact-row residual (embedding.py) is a MatMul weight, but no linear layer.
+EXACT_ROWS_SUFFIX = "_exact_residual"
 # protobuf cannot hold more than 2 GiB; keep a margin for the graph itself.
 SINGLE_FILE_LIMIT = 1_800_000_000
 
@@ -205,7 +207,7 @@ def weight_matmuls(model, op_types: Iterable[str] = ("MatMul",)) -> list[WeightU
         if node.op_type not in wanted or len(node.input) < 2:
             continue
         init = inits.get(node.input[1])
-        if init is None or not _is_float(init) or len(init.dims) != 2:
+        if init is None or not _is_float(init) or len(init.dims) != 2 or init.name.endswith(EXACT_ROWS_SUFFIX):
             continue
         out.append(WeightUse(node.name, node.op_type, init.name, tuple(int(d) for d in init.dims)))
     return out

@@ -1,4 +1,4 @@
-"""int8 for x86 CPUs: linear layers as u8 x s8 integer GEMMs, the embedding table as 8-bit rows.
+"""int8 for x86 CPUs: linear layers as u8 x s8 integer GEMMs, the embedding table in 4-bit blocks.
 
 Default recipe, chosen by measurement (real MiniLM for fidelity, full-size gte for speed; README):
 - attention projections: dynamic quantization, per-channel int8 weights, activations per tensor at run
@@ -9,6 +9,11 @@ Default recipe, chosen by measurement (real MiniLM for fidelity, full-size gte f
 Measured on MiniLM (STS-B / CISI nDCG@10 drops, points): all per tensor 0.32 / 0.55 (fails the gate),
 this recipe 0.20 / -0.36, MLP up and down per token 0.09 / 0.12 but 16% slower on gte at 32x128.
 Per-tensor weights, SmoothQuant (alpha 0.5: worse) and static QDQ (STS-B drop 1.6, no faster) lost.
+Embedding table (embedding.py): with the 8-bit table the gte file cannot reach the 150 MB target (matmul
+weights 110.3 MB + table 38.7 MB + scales, zero points, LayerNorms and graph ~1.9 MB = ~151 MB without the
+rope tables), so the table is 4-bit: ~137 MB. MiniLM drops with it 0.07 / -0.07 (8-bit table: 0.20 /
+-0.36; the same recipe with float16 row scales gave 0.35 / -0.38, so the STS-B figure moves by ~0.15 with
+any perturbation of the rounding).
 """
 
 from __future__ import annotations
@@ -46,6 +51,9 @@ class Int8Options:
     # ([CLS]/[SEP] rows reach 6x the median row's maximum in MiniLM) no longer coarsens every other token.
     per_token_roles: tuple[str, ...] = ("contract",)
     block_size: int = 128
+    # Token embedding table: 8 bits (a scale per row) or 4 bits (blocks of embedding_block_size).
+    embedding_bits: int = 4
+    embedding_block_size: int = 32
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -78,7 +86,9 @@ def make_int8(
     q = _ort_quantization()
     model = graph.load_model(src)
     prepared = graph.prepare(model)
-    table = quantize_embedding_tables(model, exact_rows) if options.quantize_embeddings else None
+    table = (quantize_embedding_tables(model, exact_rows, bits=options.embedding_bits,
+                                       block_size=options.embedding_block_size)
+             if options.quantize_embeddings else None)
 
     uses = graph.weight_matmuls(model, ("MatMul", "Gemm"))
     selected = [u for u in uses if u.op_type == "MatMul" and u.elements >= options.min_weight_elements

@@ -1,12 +1,43 @@
-"""q4: 4-bit weight-only linear layers (com.microsoft MatMulNBits) and an 8-bit embedding table.
+"""q4: 4-bit weight-only linear layers (com.microsoft MatMulNBits) and a 4-bit embedding table.
 
-MatMulNBits stores each weight column in blocks of `block_size` values with one scale and zero point per
-block; `accuracy_level` 4 makes the CPU kernel quantize activations per token and block to int8 and use
-integer dot products. Weights are rounded after activation-aware scaling (smooth.py). Defaults chosen on
-the real MiniLM (STS-B / CISI nDCG@10 drops in points): blocks of 32 with 4-bit MLP down-projections
-1.8 nDCG (round to nearest); blocks of 32, 8-bit down-projections 0.13 / 1.10 (fails the 1-point gate);
-blocks of 16, 8-bit down-projections 0.20 / 0.94 (the default, 139 MB for gte); blocks of 32 with the
-whole MLP in 8 bits 0.11 / 0.28 (143 MB for gte, so hardly smaller than int8). The embedding table gets 8 bits, not 4: see embedding.py.
+MatMulNBits stores each weight column in blocks of `block_size` values with one float32 scale (and, when
+asymmetric, one zero point) per block; `accuracy_level` 4 makes the CPU kernel quantize activations per
+token and block to int8 and use integer dot products. Weights are first given activation-aware scales
+(smooth.py), then rounded by GPTQ (gptq.py) on the Hessians of real-text inputs; the codes are written
+into MatMulNBits directly. The token embedding table is 4-bit too (GatherBlockQuantized, blocks of 32
+along each row, special-token rows exact; embedding.py).
+
+Default: attention projections and MLP up-projections 4-bit asymmetric in blocks of 64; MLP
+down-projections ("contract" role, fed by the activation function) 8-bit symmetric in blocks of 128;
+GPTQ + AWQ; 4-bit table. gte-modernbert-base: ~97 MB without the rope tables. The float32 scales are
+what limits the block size: blocks of 32 cost 13.8 MB of scales on gte, 64 half that.
+
+Trials on the real MiniLM: STS-B Spearman / CISI nDCG@10 drops vs fp32 in points (fp32 82.03 / 42.38);
+p1 = 1st-percentile probe cosine (gate >= 0.95), where measured:
+  round to nearest (ORT's quantizer), 8-bit table:
+    blocks of 32, all 4-bit                                 - / 1.8   (fails)
+    blocks of 32, MLP down 8-bit                            0.13 / 1.10 (fails)
+    blocks of 16, MLP down 8-bit                            0.20 / 0.94, p1 0.972 (the old default, 139 MB gte)
+    blocks of 32, whole MLP 8-bit                           0.11 / 0.28 (143 MB gte)
+    blocks of 32, all 4-bit, 4-bit table                    p1 0.927 (fails)
+  GPTQ (damp 0.01) + AWQ unless said, all layers 4-bit:
+    blocks of 32, no AWQ, 8-bit table                       0.18 / 0.51, p1 0.934 (fails)
+    blocks of 32, 8-bit table                              -0.03 / 0.20, p1 0.946 (fails; ~110 MB gte)
+    blocks of 32, 4-bit table                              -0.18 / -0.05, p1 0.943 (fails; 96 MB gte)
+      + damp 0.1: p1 0.948; + act order (static groups): p1 0.935; + accuracy level 0: p1 0.943;
+      MLP down in blocks of 16: p1 0.943; MLP down 8-bit in layer 1: p1 0.946, layers 1-2: 0.951;
+      MLP down 8-bit everywhere: p1 0.962 (but ~105 MB gte)
+    blocks of 32, 4-bit table in blocks of 64               0.20 / 1.22 (fails)
+    blocks of 64, 4-bit table                               0.20 / 0.69
+    blocks of 128, 4-bit table                             -0.12 / 1.40 (fails)
+  blocks of 64, MLP down 8-bit in blocks of 128, 4-bit table 0.10 / 0.30, p1 0.955 (the default;
+      101.3 MB for the synthetic gte with its rope tables, 97.1 MB without)
+      + damp 0.1: p1 0.948; + act order: p1 0.947 (both fail: p1 moves by ~0.007 with any perturbation)
+  4-bit table alone (fp32 layers): -0.03 / -0.50, p1 0.998.
+The probes that fall furthest are short odd inputs ('???!!!...', digit runs, non-Latin scripts): 4-bit MLP
+down-projections round the activation outliers such text produces; GPTQ, fitted to English calibration
+text, does not help there. GPTQ brings each 4-bit layer's output error on calibration text to ~0.37 of
+round-to-nearest's.
 """
 
 from __future__ import annotations
@@ -23,11 +54,12 @@ from .embedding import quantize_embedding_tables
 
 BLOCK_SIZES = (16, 32, 64, 128, 256)
 ACCURACY_LEVELS = (0, 1, 2, 3, 4)
+ROUNDINGS = ("gptq", "rtn")
 
 
 @dataclass(frozen=True)
 class Q4Options:
-    block_size: int = 16
+    block_size: int = 64
     accuracy_level: int = 4
     symmetric: bool = False
     min_weight_elements: int = graph.MIN_WEIGHT_ELEMENTS
@@ -36,13 +68,31 @@ class Q4Options:
     activation_aware: bool = True
     # Layer roles (graph.WeightUse.role) given 8-bit weights instead of 4: mixed precision.
     int8_roles: tuple[str, ...] = ("contract",)
+    # Single layers given 8 bits: (role, index among that role's layers in graph order; -1 the last).
+    int8_layers: tuple[tuple[str, int], ...] = ()
+    # "gptq": error-feedback rounding on real-text Hessians (gptq.py); "rtn": round to nearest (ORT's).
+    rounding: str = "gptq"
+    gptq_damp: float = 0.01
+    gptq_act_order: bool = False
+    # Block sizes by layer role where they differ from block_size, e.g. (("contract", 16),).
+    role_block_sizes: tuple[tuple[str, int], ...] = (("contract", 128),)
+    # Token embedding table: 8 bits (a scale per row) or 4 bits (blocks of embedding_block_size).
+    embedding_bits: int = 4
+    embedding_block_size: int = 32
 
     def __post_init__(self):
         if self.block_size not in BLOCK_SIZES:
             raise ValueError(f"q4 block size must be one of {BLOCK_SIZES}, got {self.block_size}")
         if self.accuracy_level not in ACCURACY_LEVELS:
             raise ValueError(f"q4 accuracy level must be one of {ACCURACY_LEVELS}, got {self.accuracy_level}")
-        unknown = set(self.int8_roles) - {"square", "expand", "contract"}
+        if self.rounding not in ROUNDINGS:
+            raise ValueError(f"q4 rounding must be one of {ROUNDINGS}, got {self.rounding!r}")
+        if self.embedding_bits not in (4, 8):
+            raise ValueError(f"the embedding table takes 4 or 8 bits, not {self.embedding_bits}")
+        for role, size in self.role_block_sizes:
+            if size not in BLOCK_SIZES:
+                raise ValueError(f"q4 block size must be one of {BLOCK_SIZES}, got {size} for {role}")
+        unknown = (set(self.int8_roles) | {r for r, _ in self.role_block_sizes}) - {"square", "expand", "contract"}
         if unknown:
             raise ValueError(f"unknown layer role(s) {sorted(unknown)}; roles are square, expand, contract")
 
@@ -73,13 +123,19 @@ def quantize_q4_model(
     `exact_rows`: token ids whose embedding rows stay exact (the special tokens in every input).
     """
     prepared = graph.prepare(model)
-    table = quantize_embedding_tables(model, exact_rows) if options.quantize_embeddings else None
+    table = (quantize_embedding_tables(model, exact_rows, bits=options.embedding_bits,
+                                       block_size=options.embedding_block_size)
+             if options.quantize_embeddings else None)
     uses = graph.weight_matmuls(model, ("MatMul", "Gemm"))
     selected = [u for u in uses if u.op_type == "MatMul" and u.elements >= options.min_weight_elements]
     if not selected:
         raise ValueError(f"the model has no MatMul with a float weight of >= {options.min_weight_elements} elements")
     kept = sorted(u.node for u in uses if u not in selected)
     eight_bit = [u for u in selected if u.role in options.int8_roles]
+    for role, index in options.int8_layers:
+        of_role = [u for u in selected if u.role == role]
+        if of_role and -len(of_role) <= index < len(of_role) and of_role[index] not in eight_bit:
+            eight_bit.append(of_role[index])
     four_bit = [u for u in selected if u not in eight_bit]
     scaling = None
     if options.activation_aware and four_bit:
@@ -89,16 +145,30 @@ def quantize_q4_model(
         from .smooth import awq_for_q4
 
         scaling = awq_for_q4(model, four_bit, calibration_feeds(), options.block_size, options.symmetric)
-    if eight_bit:
-        matmul_nbits(model, eight_bit, 8, options.block_size, True, options.accuracy_level)
-    if four_bit:
-        matmul_nbits(model, four_bit, 4, options.block_size, options.symmetric, options.accuracy_level)
+    rounding = None
+    if options.rounding == "gptq":
+        if calibration_feeds is None:
+            raise ValueError("GPTQ rounding needs calibration_feeds (real text); pass rounding='rtn' to skip it")
+        from .gptq import gptq_matmul_nbits
+
+        by_role = dict(options.role_block_sizes)
+        sizes = {u.node: by_role[u.role] for u in selected if u.role in by_role}
+        rounding = gptq_matmul_nbits(model, four_bit, calibration_feeds(), 4, options.block_size, options.symmetric,
+                                     options.accuracy_level, options.gptq_damp, eight_bit=eight_bit,
+                                     block_sizes=sizes, act_order=options.gptq_act_order)
+    else:
+        by_role = dict(options.role_block_sizes)
+        for bits, uses_, symmetric in ((8, eight_bit, True), (4, four_bit, options.symmetric)):
+            for size in sorted({by_role.get(u.role, options.block_size) for u in uses_}):
+                chosen = [u for u in uses_ if by_role.get(u.role, options.block_size) == size]
+                matmul_nbits(model, chosen, bits, size, symmetric, options.accuracy_level)
     return {
         "kind": "q4",
         "op_types_quantized": ["MatMul"] + (["Gather"] if table and table["tables"] else []),
         "weights": f"4-bit {'symmetric' if options.symmetric else 'asymmetric'} blocks of {options.block_size} "
                    "along the input dimension (MatMulNBits)",
         "block_size": options.block_size,
+        "role_block_sizes": dict(options.role_block_sizes),
         "accuracy_level": options.accuracy_level,
         "symmetric": options.symmetric,
         "per_channel": False,
@@ -108,6 +178,7 @@ def quantize_q4_model(
         "nodes_kept_float": kept,
         "embedding_table": table,
         "activation_aware": scaling,
+        "rounding": rounding or {"method": "round to nearest"},
         "graph_changes": prepared,
     }
 

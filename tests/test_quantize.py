@@ -104,6 +104,17 @@ def _nbits(model) -> list[dict[str, int]]:
             for n in model.graph.node if n.op_type == "MatMulNBits"]
 
 
+def _table_4bit(model) -> list[int]:
+    """Shape of the 4-bit table behind GatherBlockQuantized (checked to be UINT4), or [] when none."""
+    inits = {i.name: i for i in model.graph.initializer}
+    nodes = [n for n in model.graph.node if n.op_type == "GatherBlockQuantized"]
+    if not nodes:
+        return []
+    table = inits[nodes[0].input[0]]
+    assert table.data_type == onnx.TensorProto.UINT4 and len(nodes) == 1
+    return list(table.dims)
+
+
 def test_q4_recipe_matmulnbits_and_no_large_float_weights_left(quantized):
     model = _load(quantized, "q4")
     counts = op_counts(model)
@@ -113,20 +124,23 @@ def test_q4_recipe_matmulnbits_and_no_large_float_weights_left(quantized):
     # tiny gte: 4 layers, each with its attention projections and GeGLU MLP, all above the threshold.
     assert linear >= 16
     assert counts.get("MatMulNBits") == recipe["matmuls_quantized"] == linear
-    assert counts.get("MatMul", 0) == op_counts(fp32)["MatMul"] - linear  # attention products stay
+    # Attention products stay; one small MatMul adds the special-token rows' residual to the table's output.
+    assert counts.get("MatMul", 0) == op_counts(fp32).get("MatMul", 0) - linear + 1
     assert float_weight_bytes(model, MIN_WEIGHT_ELEMENTS) == 0
     nbits = _nbits(model)
     eight = recipe["eight_bit"]["count"]  # the MLP down-projections (role "contract") keep 8 bits
-    assert 0 < eight < linear and sum(a["bits"] == 8 for a in nbits) == eight
-    assert sum(a["bits"] == 4 for a in nbits) == linear - eight
-    assert {a["block_size"] for a in nbits} == {recipe["block_size"]}
+    assert 0 < eight < linear and recipe["eight_bit"]["roles"] == ["contract"]
+    assert sorted((a["bits"], a["block_size"]) for a in nbits) == [(4, 64)] * (linear - eight) + [(8, 128)] * eight
+    assert recipe["block_size"] == 64 and recipe["role_block_sizes"] == {"contract": 128}
     assert {a["accuracy_level"] for a in nbits} == {recipe["accuracy_level"]}
     assert recipe["activation_aware"]["groups"] > 0
-    # The 50368-row embedding table is int8 with per-row scales, not fp32 and not 4-bit.
-    dtype, shape = _table_gathers(model)[0]
-    assert dtype == onnx.TensorProto.INT8 and shape == [50368, 64]
-    assert recipe["embedding_table"]["bits"] == 8 and recipe["embedding_table"]["rows_kept_exact"]
-    assert (quantized / "model_q4.onnx").stat().st_size < 0.4 * (quantized / "model.onnx").stat().st_size
+    # GPTQ, measured on the calibration text, leaves less layer output error than round-to-nearest.
+    assert recipe["rounding"]["method"].startswith("GPTQ") and recipe["rounding"]["layers"] == linear
+    assert 0 < recipe["rounding"]["4_bit_output_error_vs_round_to_nearest"] < 1
+    # The 50368-row embedding table is 4-bit (GatherBlockQuantized), special-token rows kept exact.
+    assert _table_4bit(model) == [50368, 64] and not _table_gathers(model)
+    assert recipe["embedding_table"]["bits"] == 4 and recipe["embedding_table"]["rows_kept_exact"]
+    assert (quantized / "model_q4.onnx").stat().st_size < 0.2 * (quantized / "model.onnx").stat().st_size
 
 
 def test_int8_recipe_integer_matmuls_per_channel_and_int8_table(quantized):
@@ -144,9 +158,9 @@ def test_int8_recipe_integer_matmuls_per_channel_and_int8_table(quantized):
     inits = {i.name: i for i in model.graph.initializer}
     zero_points = [inits[n.input[3]] for n in model.graph.node if n.op_type == "MatMulInteger" and n.input[3] in inits]
     assert zero_points and all(len(z.dims) == 1 and z.dims[0] > 1 for z in zero_points)  # one per channel
-    assert _table_gathers(model)[0][0] == onnx.TensorProto.INT8
+    assert _table_4bit(model) == [50368, 64] and recipe["embedding_table"]["bits"] == 4
     assert float_weight_bytes(model, MIN_WEIGHT_ELEMENTS) == 0
-    assert (quantized / "model_int8.onnx").stat().st_size < 0.35 * (quantized / "model.onnx").stat().st_size
+    assert (quantized / "model_int8.onnx").stat().st_size < 0.3 * (quantized / "model.onnx").stat().st_size
 
 
 def test_fp16_keeps_layernorm_in_float32(quantized):
@@ -180,6 +194,28 @@ def test_fp16_is_nan_free_on_a_long_padded_batch(quantized):
     assert np.isfinite(got).all()
     valid = mask.astype(bool)
     assert np.abs(got[valid] - ref[valid]).max() < 0.05 * np.abs(ref[valid]).max()
+
+
+def test_fp16_keeps_rotary_angles_in_float32(quantized):
+    """cos/sin of position * inv_freq are computed in the graph: in fp16 a position near 8192 is exact only
+    to +-4, so the angles would be wrong. (Random weights give near-uniform attention, which hides wrong
+    angles in the final output; the angles themselves are compared here.)"""
+    def cos_outputs(path, length):
+        model = onnx.load(str(path))
+        nodes = {n.name: n.output[0] for n in model.graph.node if n.op_type == "Cos"}
+        model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in nodes.values())
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        ids = np.full((1, length), 1000, dtype=np.int64)
+        values = session.run(list(nodes.values()), {"input_ids": ids, "attention_mask": np.ones_like(ids)})
+        return dict(zip(nodes, values))
+
+    ref, got = cos_outputs(quantized / "model.onnx", 8000), cos_outputs(quantized / "model_fp16.onnx", 8000)
+    assert ref and set(got) == set(ref)
+    for name, value in ref.items():
+        assert got[name].dtype == np.float32
+        np.testing.assert_allclose(got[name], value, atol=1e-5, err_msg=name)
+    recipe = Manifest.load(quantized).variants["fp16"].recipe
+    assert recipe["rotary_angle_nodes_kept_float32"] >= 2
 
 
 def test_mask_constants_are_made_fp16_safe():
@@ -254,17 +290,19 @@ def test_embedding_table_rewrite_keeps_special_rows_exact_and_position_tables_fl
 
 
 def test_a_damaged_variant_fails_its_gate(quantized, tmp_path):
-    """Shuffle the int8 embedding table's rows: a file that loads and runs, but embeds the wrong tokens."""
+    """Shuffle the 4-bit embedding table's rows: a file that loads and runs, but embeds the wrong tokens."""
     from gte_onnx.quantize.fidelity import measure_baseline, measure_variant
-    from onnx import numpy_helper
 
     folder = _copy(quantized, tmp_path / "damaged")
     shutil.copy(quantized / "model_int8.onnx", folder / "model_int8.onnx")
     model = onnx.load(str(folder / "model_int8.onnx"))
+    shuffled = 0
     for init in model.graph.initializer:
-        if init.data_type == onnx.TensorProto.INT8 and len(init.dims) == 2 and init.dims[0] == 50368:
-            rows = numpy_helper.to_array(init)
-            init.CopyFrom(numpy_helper.from_array(np.random.default_rng(0).permutation(rows), init.name))
+        if init.data_type == onnx.TensorProto.UINT4 and list(init.dims) == [50368, 64]:  # not the zero points
+            rows = np.frombuffer(init.raw_data, dtype=np.uint8).reshape(50368, -1)  # two codes a byte
+            init.raw_data = np.random.default_rng(0).permutation(rows).tobytes()
+            shuffled += 1
+    assert shuffled == 1
     onnx.save(model, str(folder / "model_int8.onnx"))
     good = Manifest.load(quantized).variants["int8"]
     described = describe_file(folder, "model_int8.onnx")
@@ -316,3 +354,142 @@ def test_quantize_never_imports_torch():
             "bad = [m for m in ('torch', 'transformers') if m in sys.modules]\n"
             "assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _correlated_inputs(rng, rows: int, k: int) -> np.ndarray:
+    """Activations with correlated channels of unequal scale, like a transformer layer's input."""
+    mix = rng.normal(size=(k, k)) / np.sqrt(k)
+    return (rng.normal(size=(rows, k)) @ mix) * rng.uniform(0.2, 3.0, size=k) + rng.normal(scale=0.3, size=k)
+
+
+@pytest.mark.parametrize("bits,symmetric", [(4, False), (4, True), (8, True)])
+def test_gptq_lowers_the_layer_output_error_below_round_to_nearest(bits, symmetric):
+    from gte_onnx.quantize import gptq
+
+    rng = np.random.default_rng(3)
+    k, n, block = 128, 48, 32
+    x = _correlated_inputs(rng, 3000, k)
+    w = rng.normal(scale=0.05, size=(k, n)).astype(np.float32)
+    hessian = x.T @ x / len(x)
+    errors = {}
+    for name, (codes, scales, zeros) in {"rtn": gptq.rtn(w, bits, block, symmetric),
+                                         "gptq": gptq.gptq(w, hessian, bits, block, symmetric)}.items():
+        assert codes.shape == (k, n) and codes.max() <= 2 ** bits - 1
+        assert scales.shape == zeros.shape == (k // block, n) and scales.dtype == np.float32
+        if symmetric:
+            assert np.all(zeros == 2 ** (bits - 1))  # what MatMulNBits assumes when no zero points are stored
+        deq = gptq.dequantize(codes, scales, zeros, block)
+        errors[name] = float(np.sum((x @ w - x @ deq) ** 2))
+        assert np.isclose(gptq.output_error(w, hessian, deq) * len(x), errors[name], rtol=1e-6)
+    assert errors["gptq"] < 0.7 * errors["rtn"], errors
+    # The weights themselves move further from the originals: GPTQ trades weight error for output error.
+    rtn_w = gptq.dequantize(*gptq.rtn(w, bits, block, symmetric), block)
+    gptq_w = gptq.dequantize(*gptq.gptq(w, hessian, bits, block, symmetric), block)
+    assert np.sum((gptq_w - w) ** 2) > np.sum((rtn_w - w) ** 2)
+
+
+def _one_matmul(w: np.ndarray):
+    from onnx import TensorProto, helper, numpy_helper
+
+    k, n = w.shape
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["t", k])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["t", n])],
+                          [numpy_helper.from_array(w, "w")])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("bits,block,symmetric", [(4, 32, False), (4, 16, True), (4, 64, False), (8, 32, True)])
+def test_matmul_nbits_writer_matches_numpy_and_ort_quantizer_layout(bits, block, symmetric):
+    """Codes written by gptq.matmul_nbits_node compute x @ dequantize(codes) in ORT, and for round-to-nearest
+    codes the packed bytes are exactly what ORT's own quantizer writes (K = 96: a padded last block at 64)."""
+    from gte_onnx.quantize import gptq
+    from gte_onnx.quantize.graph import quiet_quantizer_logs, weight_matmuls
+    from onnx import numpy_helper
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    rng = np.random.default_rng(4)
+    w = rng.normal(size=(96, 40)).astype(np.float32)
+    x = rng.normal(size=(5, 96)).astype(np.float32)
+    model = _one_matmul(w)
+    codes, scales, zeros = gptq.rtn(w, bits, block, symmetric)
+    gptq.matmul_nbits_node(model, weight_matmuls(model)[0], codes, scales, zeros, bits, block, symmetric, 0)
+    assert op_counts(model) == {"MatMulNBits": 1}
+    assert not any(i.name == "w" for i in model.graph.initializer)
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    np.testing.assert_allclose(got, x @ gptq.dequantize(codes, scales, zeros, block), rtol=1e-5, atol=1e-4)
+
+    theirs = _one_matmul(w)
+    with quiet_quantizer_logs():
+        quantizer = MatMulNBitsQuantizer(theirs, bits=bits, block_size=block, is_symmetric=symmetric)
+        quantizer.process()
+    ours = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer}
+    ort_inits = {i.name: numpy_helper.to_array(i) for i in quantizer.model.model.graph.initializer}
+    assert set(ours) == set(ort_inits)
+    for name, array in ort_inits.items():
+        assert ours[name].tobytes() == array.tobytes() or np.allclose(ours[name].reshape(array.shape), array), name
+
+
+def test_4bit_embedding_table_keeps_special_rows_exact_and_dequantizes_only_looked_up_rows():
+    from gte_onnx.quantize.embedding import (
+        dequantize_rows_4bit,
+        quantize_embedding_tables,
+        quantize_rows_4bit,
+    )
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(5)
+    tokens = rng.normal(scale=0.05, size=(4000, 64)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["tokens", "input_ids"], ["out"], name="tok_gather")], "g",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["b", "l"])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], [numpy_helper.from_array(tokens, "tokens")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    recipe = quantize_embedding_tables(model, exact_rows=[0, 7, 99999], bits=4, block_size=32)
+    assert recipe["bits"] == 4 and recipe["rows_kept_exact"] == [0, 7] and recipe["tables"] == {"tokens": [4000, 64]}
+    assert "GatherBlockQuantized" in op_counts(model) and "Gather" not in op_counts(model)
+    inits = {i.name: i for i in model.graph.initializer}
+    assert "tokens" not in inits
+    # Nothing vocabulary-sized but the packed codes (4000 x 64 x 4 bits), their scales and zero points.
+    stored = sum(len(i.raw_data) or numpy_helper.to_array(i).nbytes for i in inits.values())
+    assert stored < 4000 * 64 * (0.5 + 4 / 32 + 0.5 / 32) + 3 * 64 * 4 + 64
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    ids = np.array([[0, 7, 11, 3999], [7, 12, 0, 0]], dtype=np.int64)
+    got = session.run(None, {"input_ids": ids})[0]
+    np.testing.assert_allclose(got[0, :2], tokens[[0, 7]], rtol=0, atol=1e-7)
+    np.testing.assert_allclose(got[1, [0, 2, 3]], tokens[[7, 0, 0]], rtol=0, atol=1e-7)
+    codes, scale, zero = quantize_rows_4bit(tokens, 32)
+    expected = dequantize_rows_4bit(codes, scale, zero)
+    np.testing.assert_allclose(got[0, 2:], expected[[11, 3999]], rtol=0, atol=1e-6)
+    half_step = 0.5 * np.repeat(scale[[11, 3999]], 32, axis=1)
+    assert np.all(np.abs(got[0, 2:] - tokens[[11, 3999]]) <= half_step + 1e-6)
+
+
+def test_q4f16_keeps_the_4bit_table_float32_and_loads(tiny_gte_dir, tmp_path):
+    """The fp16 converter cannot see through GatherBlockQuantized: the table's nodes stay float32."""
+    folder = _copy(tiny_gte_dir, tmp_path / "q4f16")
+    manifest = quantize_folder(folder, ["q4f16"], PROBE_ONLY, log=lambda _m: None)
+    assert manifest.variants["q4f16"].fidelity["passed"] is True, manifest.variants["q4f16"].fidelity["failures"]
+    model = _load(folder, "q4f16")
+    inits = {i.name: i for i in model.graph.initializer}
+    table = next(n for n in model.graph.node if n.op_type == "GatherBlockQuantized")
+    assert inits[table.input[2]].data_type == onnx.TensorProto.FLOAT  # scales, hence the output, float32
+    assert _table_4bit(model) == [50368, 64]
+    assert {a["bits"] for a in _nbits(model)} == {4, 8}  # the q4 recipe's layers, as in model_q4.onnx
+
+
+def test_the_exact_rows_residual_is_never_taken_for_a_linear_layer():
+    """Many special tokens x a wide table make the residual MatMul's weight as big as a layer's."""
+    from gte_onnx.quantize.embedding import quantize_embedding_tables
+    from gte_onnx.quantize.graph import weight_matmuls
+    from onnx import TensorProto, helper, numpy_helper
+
+    tokens = np.random.default_rng(6).normal(size=(300, 512)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["tokens", "input_ids"], ["out"], name="tok_gather")], "g",
+        [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["b", "l"])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], [numpy_helper.from_array(tokens, "tokens")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    recipe = quantize_embedding_tables(model, exact_rows=range(10), min_elements=1000, bits=4)
+    assert len(recipe["rows_kept_exact"]) == 10 and 10 * 512 >= MIN_WEIGHT_ELEMENTS
+    assert op_counts(model)["MatMul"] == 1 and weight_matmuls(model) == []

@@ -453,7 +453,9 @@ class _Writer:
     def local_dense(self, q: str, k: str, v: str) -> str:
         """Up to 3w tokens, every query attends to the whole sequence under a (B, 1, L, L) band + padding
         bias: no more keys per query than a block's 3w window, without the padding to whole blocks and
-        the window gathers (measured: a third less local-layer time at 32 x 128). L x L stays <= 3w x 3w."""
+        the window gathers (measured: a third less local-layer time at 32 x 128). L x L stays <= 3w x 3w.
+        The bias is rebuilt inside each layer's branch (at most 3w x 3w values, microseconds) so that
+        long inputs, which never take this branch, never build it."""
         g, p = self.g, self.p
         positions = g.op("Range", [g.const(0), g.op("Squeeze", [self.length, g.const([0])]), g.const(1)])
         distance = g.op("Abs", [g.op("Sub", [g.op("Unsqueeze", [positions, g.const([1])]),

@@ -185,30 +185,15 @@ def matmul_nbits_node(
 
 def input_hessians(model, tensors: Sequence[str], feeds: Iterable[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """X^T X / tokens (float64, K x K) of each tensor over the feeds' real tokens (padding left out)."""
-    import onnxruntime as ort
+    from .smooth import real_token_activations
 
-    onnx = graph.import_onnx()
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    present = {o.name for o in probe.graph.output}
-    for name in tensors:
-        if name not in present:
-            probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
-    options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
     sums: dict[str, np.ndarray] = {}
     count = 0
-    for feed in feeds:
-        valid = feed["attention_mask"].reshape(-1).astype(bool)
-        count += int(valid.sum())
-        for name, value in zip(tensors, session.run(list(tensors), feed)):
-            x = value.reshape(-1, value.shape[-1])
-            if x.shape[0] == valid.shape[0]:
-                x = x[valid]
-            x = x.astype(np.float64)
+    for batch in real_token_activations(model, tensors, feeds):
+        for name, rows in batch.items():
+            x = rows.astype(np.float64)
             sums[name] = sums.get(name, 0) + x.T @ x
+        count += len(next(iter(batch.values()))) if batch else 0
     if count == 0:
         raise ValueError("no calibration tokens were seen")
     return {name: h / count for name, h in sums.items()}

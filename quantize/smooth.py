@@ -17,7 +17,7 @@ LayerNorm feeds nothing else (ModernBERT's pre-norm layers), so it usually costs
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -36,11 +36,11 @@ def input_groups(model, uses: Sequence[WeightUse]) -> dict[str, list[WeightUse]]
     return groups
 
 
-def channel_statistics(
-    model, tensors: Sequence[str], feeds: Iterable[dict[str, np.ndarray]], sample_rows: int = 2048
-) -> dict[str, dict[str, np.ndarray]]:
-    """Per input channel max|x| and mean|x| of each tensor over the feeds' real tokens, plus a sample of
-    rows (tokens) for searching scales. Padding positions are left out (they are not text)."""
+def real_token_activations(
+    model, tensors: Sequence[str], feeds: Iterable[dict[str, np.ndarray]]
+) -> Iterator[dict[str, np.ndarray]]:
+    """Per feed, each tensor of `model` as (real tokens, channels) float32 rows: the fp32 model is run with
+    the tensors as extra outputs, and padding positions are left out (they are not text)."""
     import onnxruntime as ort
 
     onnx = graph.import_onnx()
@@ -54,20 +54,29 @@ def channel_statistics(
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
     options.log_severity_level = 3
     session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
-    stats: dict[str, dict] = {n: {"max": None, "sum": None, "count": 0, "rows": []} for n in tensors}
     for feed in feeds:
         valid = feed["attention_mask"].reshape(-1).astype(bool)
+        batch = {}
         for name, value in zip(tensors, session.run(list(tensors), feed)):
-            x = np.abs(value.reshape(-1, value.shape[-1]))
-            if x.shape[0] == valid.shape[0]:
-                x = x[valid]
+            rows = value.reshape(-1, value.shape[-1])
+            batch[name] = rows[valid] if rows.shape[0] == valid.shape[0] else rows
+        yield batch
+
+
+def channel_statistics(
+    model, tensors: Sequence[str], feeds: Iterable[dict[str, np.ndarray]], sample_rows: int = 2048
+) -> dict[str, dict[str, np.ndarray]]:
+    """Per input channel max|x| and mean|x| of each tensor over the feeds' real tokens, plus a sample of
+    rows (tokens) for searching scales."""
+    rng = np.random.default_rng(0)
+    stats: dict[str, dict] = {n: {"max": None, "sum": None, "count": 0, "rows": []} for n in tensors}
+    for batch in real_token_activations(model, tensors, feeds):
+        for name, rows in batch.items():
+            x = np.abs(rows)
             s = stats[name]
             s["max"] = x.max(axis=0) if s["max"] is None else np.maximum(s["max"], x.max(axis=0))
             s["sum"] = x.sum(axis=0) if s["sum"] is None else s["sum"] + x.sum(axis=0)
             s["count"] += x.shape[0]
-            rows = value.reshape(-1, value.shape[-1])
-            rows = rows[valid] if rows.shape[0] == valid.shape[0] else rows
             s["rows"].append(rows[rng.choice(len(rows), size=min(len(rows), 256), replace=False)])
     out = {}
     for name, s in stats.items():

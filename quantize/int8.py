@@ -199,19 +199,15 @@ def calibration_batches(
     texts: Sequence[str], batch_size: int = 16, length_cap: int = 256,
 ) -> list[dict[str, np.ndarray]]:
     """Feeds of real text for static calibration, padded per batch like the runtime pads."""
+    from gte_onnx.batching import pad_batch
     from gte_onnx.tokenize import TextTokenizer
 
     tok = TextTokenizer.from_folder(folder, min(max_length, length_cap), pad_token_id)
     encoded = tok.encode(list(texts))
     feeds = []
     for start in range(0, len(encoded.ids), batch_size):
-        rows = encoded.ids[start:start + batch_size]
-        width = max(len(r) for r in rows)
-        ids = np.full((len(rows), width), pad_token_id, dtype=np.int64)
-        mask = np.zeros((len(rows), width), dtype=np.int64)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = r
-            mask[i, : len(r)] = 1
+        ids, mask = pad_batch(encoded.ids[start:start + batch_size], pad_token_id)
+        width = ids.shape[1]
         available = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids),
                      "position_ids": np.broadcast_to(np.arange(width, dtype=np.int64), ids.shape).copy()}
         feeds.append({name: available[name] for name in inputs})

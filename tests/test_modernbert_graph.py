@@ -18,7 +18,7 @@ transformers = pytest.importorskip("transformers")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from gte_onnx.export.graph_optimize import PORTABLE_CONTRIB_OPS
+from gte_onnx.convert.graph_optimize import PORTABLE_CONTRIB_OPS
 from gte_onnx.export.modernbert import (
     ModernBertExportError,
     build_modernbert_graph,

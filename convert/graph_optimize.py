@@ -39,7 +39,7 @@ def _onnx():
     try:
         import onnx
     except ImportError:
-        raise missing_dependency("onnx", "export", "Saving an ONNX graph") from None
+        raise missing_dependency("onnx", "cpu", "Saving an ONNX graph") from None
     return onnx
 
 

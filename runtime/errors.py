@@ -82,3 +82,10 @@ def missing_dependency(package: str, extra: str, purpose: str) -> MissingDepende
         f"{purpose} needs the package '{package}', which is not installed. "
         f"Install it with: pip install 'gte-onnx[{extra}]'"
     )
+
+
+class UnsupportedModelError(ModelFolderError):
+    """A model (hub repo or folder) in none of the forms gte-onnx can run or convert: the message says what
+    was found and which forms are supported."""
+
+    code = "unsupported_model"

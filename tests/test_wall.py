@@ -15,19 +15,39 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN_TOP = {"torch", "transformers", "optimum", "sentence_transformers", "onnx", "onnxscript"}
 FORBIDDEN_ROOMS = {"export", "quantize", "parity", "bench"}
+# The torch-free converter may be imported by the runtime, but only inside the functions that convert or
+# import a model, so loading a ready model folder never imports onnx or the converter.
+LAZY_ROOMS = {"convert"}
 
 
-def runtime_imports():
+def _function_nodes(tree) -> set[int]:
+    """ids of the import nodes that sit inside a function body (lazy imports)."""
+    inside = set()
+    for func in ast.walk(tree):
+        if isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            inside.update(id(n) for n in ast.walk(func) if isinstance(n, (ast.Import, ast.ImportFrom)))
+    return inside
+
+
+def runtime_imports(with_lazy: bool = False):
+    """(path, line, module) of every import in runtime/; with_lazy adds whether it sits in a function."""
+    for path, line, module, lazy in _runtime_imports():
+        yield (path, line, module, lazy) if with_lazy else (path, line, module)
+
+
+def _runtime_imports():
     for path in sorted((ROOT / "runtime").rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        lazy_nodes = _function_nodes(tree)
         depth_of_pkg = len(path.relative_to(ROOT / "runtime").parts) - 1  # 0 for runtime/x.py
         for node in ast.walk(tree):
+            lazy = id(node) in lazy_nodes
             if isinstance(node, ast.Import):
                 for alias in node.names:
-                    yield path, node.lineno, alias.name
+                    yield path, node.lineno, alias.name, lazy
             elif isinstance(node, ast.ImportFrom):
                 if node.level == 0:
-                    yield path, node.lineno, node.module or ""
+                    yield path, node.lineno, node.module or "", lazy
                 else:
                     # resolve the relative import against gte_onnx (= runtime/)
                     parts = ["gte_onnx"] + list(path.relative_to(ROOT / "runtime").parts[:-1])
@@ -35,22 +55,36 @@ def runtime_imports():
                     module = ".".join(base + ([node.module] if node.module else []))
                     if node.module is None:
                         for alias in node.names:
-                            yield path, node.lineno, f"{module}.{alias.name}"
+                            yield path, node.lineno, f"{module}.{alias.name}", lazy
                     else:
-                        yield path, node.lineno, module
+                        yield path, node.lineno, module, lazy
 
 
 def test_runtime_never_imports_torch_side_packages():
     offenders = []
     seen = 0
-    for path, line, module in runtime_imports():
+    for path, line, module, lazy in runtime_imports(with_lazy=True):
         seen += 1
         top = module.split(".")[0]
         parts = module.split(".")
-        if top in FORBIDDEN_TOP or (top == "gte_onnx" and len(parts) > 1 and parts[1] in FORBIDDEN_ROOMS):
+        room = parts[1] if top == "gte_onnx" and len(parts) > 1 else None
+        if top in FORBIDDEN_TOP or room in FORBIDDEN_ROOMS:
             offenders.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
+        elif room in LAZY_ROOMS and not lazy:
+            offenders.append(f"{path.relative_to(ROOT)}:{line} imports {module} at module level (only inside functions)")
     assert seen > 20, "the scan found too few imports: is it reading runtime/?"
     assert not offenders, "\n".join(offenders)
+
+
+def test_the_scan_tells_a_lazy_converter_import_from_a_module_level_one():
+    probe = ROOT / "runtime" / "_wall_probe_lazy_tmp.py"
+    probe.write_text("from gte_onnx.convert import metadata\n\ndef f():\n    from .convert import onnx_import\n",
+                     encoding="utf-8")
+    try:
+        found = {(m, lazy) for p, _, m, lazy in runtime_imports(with_lazy=True) if p == probe}
+        assert found == {("gte_onnx.convert", False), ("gte_onnx.convert", True)}, found
+    finally:
+        probe.unlink()
 
 
 def test_the_scan_catches_a_forbidden_import(tmp_path, monkeypatch):

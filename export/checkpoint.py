@@ -7,28 +7,22 @@ files of the two gte models ship in model_files/, so `--random-weights` needs no
 from __future__ import annotations
 
 import json
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from gte_onnx.errors import ModelFolderError, missing_dependency
+from gte_onnx.convert.checkpoint_meta import (  # noqa: F401  (re-exported: export's callers import them here)
+    SENTENCE_TRANSFORMERS_FILES,
+    TOKENIZER_FILES,
+    CheckpointError,
+    copy_model_files,
+    infer_task,
+    read_max_length,
+    read_pooling,
+)
+from gte_onnx.errors import missing_dependency
 
 SHIPPED_MODEL_FILES = Path(__file__).parent / "model_files"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-SENTENCE_TRANSFORMERS_FILES = (
-    "modules.json",
-    "config_sentence_transformers.json",
-    "sentence_bert_config.json",
-    "1_Pooling/config.json",
-)
-# A tokenizer_config model_max_length above this is the "no limit" sentinel (1e30), not a real length.
-SANE_MAX_LENGTH = 1_000_000
-
-
-class CheckpointError(ModelFolderError):
-    """The checkpoint cannot be loaded safely (pickle weights, missing files, unknown architecture)."""
-
 
 @dataclass
 class Checkpoint:
@@ -100,11 +94,6 @@ def _shipped_revision(model_id: str) -> str | None:
     return None
 
 
-def infer_task(config) -> str:
-    archs = getattr(config, "architectures", None) or []
-    return "rerank" if any("ForSequenceClassification" in a for a in archs) else "embedding"
-
-
 def load_checkpoint(
     model: str,
     random_weights: bool = False,
@@ -170,18 +159,6 @@ def load_checkpoint(
     )
 
 
-def copy_model_files(source: Path, out_dir: Path, names=TOKENIZER_FILES + SENTENCE_TRANSFORMERS_FILES) -> list[str]:
-    copied = []
-    for name in names:
-        src = source / name
-        if src.is_file():
-            dst = out_dir / name
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, dst)
-            copied.append(name)
-    return copied
-
-
 def save_checkpoint(checkpoint: Checkpoint, out_dir: str | Path) -> Path:
     """Write the PyTorch checkpoint (safetensors) with its tokenizer and Sentence-Transformers files."""
     out = Path(out_dir)
@@ -202,52 +179,3 @@ def save_checkpoint(checkpoint: Checkpoint, out_dir: str | Path) -> Path:
         + "\n"
     )
     return out
-
-
-# ---- Sentence-Transformers metadata -----------------------------------------------------------------
-def read_pooling(folder: Path, task: str, config) -> tuple[str, bool, str]:
-    """(pooling, normalize default, where it came from), from the Sentence-Transformers files if present."""
-    if task == "rerank":
-        return "none", False, "rerank models pool inside the graph"
-    modules_path = folder / "modules.json"
-    if modules_path.is_file():
-        modules = json.loads(modules_path.read_text(encoding="utf-8"))
-        pooling = None
-        has_normalize = False
-        for module in modules:
-            kind = module.get("type", "")
-            if kind.endswith("Pooling"):
-                cfg = json.loads((folder / module["path"] / "config.json").read_text(encoding="utf-8"))
-                if cfg.get("pooling_mode_cls_token"):
-                    pooling = "cls"
-                elif cfg.get("pooling_mode_mean_tokens"):
-                    pooling = "mean"
-                else:
-                    modes = [k for k, v in cfg.items() if k.startswith("pooling_mode") and v]
-                    raise CheckpointError(f"unsupported Sentence-Transformers pooling {modes} in {folder}")
-            elif kind.endswith("Normalize"):
-                has_normalize = True
-        if pooling is not None:
-            # Cosine is the similarity every gte and MiniLM example uses, so vectors are unit length by
-            # default (as in TEI and fastembed); encode(normalize=False) gives the raw pooled vectors.
-            return pooling, True, "modules.json" + (" (with Normalize)" if has_normalize else "")
-    return "mean", True, "default (no Sentence-Transformers files)"
-
-
-def read_max_length(folder: Path, config) -> int:
-    """The longest input the runtime accepts: Sentence-Transformers' max_seq_length, else the tokenizer's
-    model_max_length when it is a real number (gte's is 1e30), capped by the position table."""
-    limit = int(getattr(config, "max_position_embeddings", 512))
-    if getattr(config, "model_type", "") in ("bert", "roberta", "xlm-roberta") and limit > 512:
-        limit = 512
-    st = folder / "sentence_bert_config.json"
-    if st.is_file():
-        value = json.loads(st.read_text(encoding="utf-8")).get("max_seq_length")
-        if isinstance(value, int) and 0 < value:
-            return min(value, limit)
-    tok = folder / "tokenizer_config.json"
-    if tok.is_file():
-        value = json.loads(tok.read_text(encoding="utf-8")).get("model_max_length")
-        if isinstance(value, (int, float)) and 0 < value < SANE_MAX_LENGTH:
-            return min(int(value), limit)
-    return limit

@@ -1,0 +1,172 @@
+"""A transformers checkpoint folder (config.json, safetensors, tokenizer) -> a validated gte-onnx model
+folder, without torch: numpy weights, the op-by-op graph writer, the numpy reference as the validation,
+then the requested variants through gte_onnx.quantize, each measured against the fp32 graph."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from gte_onnx.errors import UnsupportedModelError
+
+from .checkpoint_meta import check_task, config_value, infer_task, read_config, read_max_length, read_pooling
+from .folder import MODEL_FILE, FolderFiles, ManifestFacts, fp32_variant, start_folder, tool_versions, write_manifest
+from .safetensors_io import read_checkpoint
+from .validation import DEFAULT_ATOL, WINDOW_EDGE_LENGTHS, Probe, ProbeSpec, validate_graph
+
+# model_type -> architecture family; architectures (config "architectures") each family converts
+MODEL_TYPES = {"modernbert": "modernbert", "bert": "bert"}
+ARCHITECTURES = {
+    "modernbert": ("ModernBertModel", "ModernBertForSequenceClassification"),
+    "bert": ("BertModel", "BertForSequenceClassification"),
+}
+SOURCE_NOTE = "gte-onnx-source.json"  # provenance written beside a checkpoint by `export --save-checkpoint`
+CONVERT_TOOLS = ("gte-onnx", "onnx", "onnxruntime", "tokenizers", "numpy")
+
+
+def supported_architecture(config: dict) -> str | None:
+    """"modernbert" or "bert" when the converter can build this config.json's model, else None."""
+    family = MODEL_TYPES.get(str(config_value(config, "model_type", "")))
+    if family is None:
+        return None
+    archs = config_value(config, "architectures", []) or []
+    if archs and not any(a in ARCHITECTURES[family] for a in archs):
+        return None
+    return family
+
+
+def _unsupported(config: dict, source: Path) -> UnsupportedModelError:
+    found = ", ".join(config_value(config, "architectures", []) or []) or "no architectures"
+    supported = ", ".join(a for archs in ARCHITECTURES.values() for a in archs)
+    return UnsupportedModelError(
+        f"{source}: model_type {config_value(config, 'model_type', None)!r} ({found}) cannot be converted "
+        f"without torch; supported architectures: {supported}"
+    )
+
+
+@dataclass
+class Built:
+    """The graph written for a checkpoint, and the numpy forward pass it is validated against."""
+
+    info: dict[str, Any]
+    reference: Callable[[Probe], np.ndarray]
+    architecture: str
+    dim: int
+
+
+def build_model(family: str, config: dict, tensors: dict, task: str, onnx_path: Path, where: str) -> Built:
+    """Write the fp32 graph of `tensors` at onnx_path; return it with its numpy reference."""
+    from . import reference as ref
+
+    names = ARCHITECTURES[family]
+    architecture = names[1] if task == "rerank" else names[0]
+    if family == "modernbert":
+        from .modernbert_graph import write_graph
+        from .modernbert_weights import modernbert_parts
+
+        parts = modernbert_parts(config, tensors, task, where)
+        info = write_graph(parts, task, onnx_path)
+
+        def forward(probe: Probe) -> np.ndarray:
+            return ref.modernbert_forward(parts, probe.ids, probe.mask, task)
+    else:
+        from .bert_graph import write_bert_graph
+        from .bert_weights import bert_parts
+
+        parts = bert_parts(config, tensors, task, where)
+        info = write_bert_graph(parts, task, onnx_path)
+
+        def forward(probe: Probe) -> np.ndarray:
+            return ref.bert_forward(parts, probe.ids, probe.mask, task)
+    dim = parts.head["classifier"].weight_t.shape[1] if task == "rerank" else parts.hidden
+    return Built(info, forward, architecture, int(dim))
+
+
+def _session(path: Path):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _provenance(source: Path, model_id: str | None, revision: str | None, config: dict, architecture: str) -> dict:
+    note = {}
+    if (source / SOURCE_NOTE).is_file():
+        note = json.loads((source / SOURCE_NOTE).read_text(encoding="utf-8"))
+    return {
+        "model_id": model_id or note.get("model_id") or str(source),
+        "revision": revision or note.get("revision"),
+        "architecture": architecture,
+        "model_type": config_value(config, "model_type", None),
+        "random_weights": bool(note.get("random_weights", False)),
+        "seed": note.get("seed"),
+        "config_overrides": dict(note.get("config_overrides") or {}),
+        "converted_by": "gte-onnx numpy converter",
+    }
+
+
+def validate(built: Built, out: Path, task: str, spec: ProbeSpec, lengths: Sequence[int], atol: float) -> dict:
+    session = _session(out / MODEL_FILE)
+    input_names = [i.name for i in session.get_inputs()]
+    report = validate_graph(built.reference, session, task, input_names, built.info["output"], spec, lengths, atol,
+                            "the numpy reference")
+    return {"reference": "numpy", **report}
+
+
+def _probe_spec(config: dict, files: FolderFiles, max_length: int, tensors: dict) -> ProbeSpec:
+    vocab = int(config_value(config, "vocab_size", 0))
+    return ProbeSpec(max_length, vocab, files.specials["all"], files.specials["cls"], files.specials["sep"],
+                     files.pad_id(config_value(config, "pad_token_id", 0)))
+
+
+def convert_checkpoint(
+    source: Path,
+    out_dir: Path,
+    *,
+    variants: Sequence[str] = ("int8",),
+    model_id: str | None = None,
+    revision: str | None = None,
+    log: Callable[[str], None] = print,
+    task: str | None = None,
+    validate_lengths: Sequence[int] = WINDOW_EDGE_LENGTHS,
+    atol: float = DEFAULT_ATOL,
+) -> Path:
+    """Convert the checkpoint folder `source` into a complete model folder at `out_dir` (manifest,
+    tokenizer files, model.onnx validated against the numpy reference, then each of `variants` with its
+    fidelity against fp32). Returns out_dir. Raises UnsupportedModelError for other architectures,
+    CheckpointFormatError for unreadable or incomplete weights, ExportValidationError when the graph
+    disagrees with the reference."""
+    source, out = Path(source), Path(out_dir)
+    started = time.perf_counter()
+    config = read_config(source)
+    family = supported_architecture(config)
+    if family is None:
+        raise _unsupported(config, source)
+    task = check_task(task or infer_task(config))
+    files = start_folder(source, out)
+    max_length = read_max_length(source, config)
+    log(f"reading the {family} weights of {source}")
+    tensors = read_checkpoint(source)
+    log(f"writing the {task} graph")
+    built = build_model(family, config, tensors, task, out / MODEL_FILE, str(source))
+    spec = _probe_spec(config, files, max_length, tensors)
+    log(f"validating against the numpy reference at lengths {sorted({min(n, max_length) for n in validate_lengths})}")
+    report = validate(built, out, task, spec, validate_lengths, atol)
+    log(f"validation passed: max |diff| {report['max_abs_diff']:.2e} (limit {atol:g})")
+    del tensors
+    facts = ManifestFacts(task, _provenance(source, model_id, revision, config, built.architecture),
+                          read_pooling(source, task, config), max_length, built.dim)
+    write_manifest(out, facts, files, built.info, report, fp32_variant(out, built.info, report, "numpy"),
+                   tool_versions(CONVERT_TOOLS))
+    log(f"fp32 model folder written in {time.perf_counter() - started:.1f} s")
+    if variants:
+        from gte_onnx.quantize import quantize_folder
+
+        quantize_folder(out, list(variants), log=log)
+    return out

@@ -19,15 +19,16 @@ from typing import Any, Callable, Iterable, Mapping
 from gte_onnx.errors import ModelFolderError, UnsupportedModelError, VariantError
 from gte_onnx.manifest import FORMAT_VERSION, Manifest, Variant, describe_file
 
-from .metadata import (
+from .checkpoint_meta import (
     SENTENCE_TRANSFORMERS_FILES,
     TOKENIZER_FILES,
+    config_value,
     infer_task,
-    num_labels,
-    read_json,
+    read_config,
     read_max_length,
     read_pooling,
-    tokenizer_record,
+    special_ids,
+    tokenizer_files,
 )
 
 CPU = "CPUExecutionProvider"
@@ -198,14 +199,14 @@ def synthesize_manifest(
     """The manifest of the imported folder, every variant still unmeasured."""
     if not (out / "config.json").is_file():
         raise UnsupportedModelError(f"{model_id} has ONNX files but no config.json to say what the model is")
-    config = read_json(out / "config.json")
+    config = read_config(out)
     task = infer_task(config)
     primary = graphs.get("fp32") or next(iter(graphs.values()))
     inputs, output, width = graph_io(out / primary, task)
-    pooling, normalize, pooling_source = read_pooling(out, task)
+    pooling, normalize, pooling_source = read_pooling(out, task, config)
     if output == "sentence_embedding":
         pooling, pooling_source = "none", "the graph pools (sentence_embedding output)"
-    dim = width if isinstance(width, int) else (num_labels(config) if task == "rerank" else int(config["hidden_size"]))
+    dim = width if isinstance(width, int) else (_num_labels(config) if task == "rerank" else int(config["hidden_size"]))
     variants = {}
     for name, file in graphs.items():
         kind, providers = KINDS.get(name, ("fp32", ()))
@@ -222,9 +223,24 @@ def synthesize_manifest(
         source={"model_id": model_id, "revision": revision, "architecture": archs[0] if archs else None,
                 "model_type": config.get("model_type"), "random_weights": False, "imported": layout_of(graphs)},
         pooling=pooling, normalize=normalize, max_length=read_max_length(out, config), dim=int(dim),
-        inputs=tuple(inputs), output=output, opset=_opset(out / primary), tokenizer=tokenizer_record(out, config),
+        inputs=tuple(inputs), output=output, opset=_opset(out / primary), tokenizer=_tokenizer_record(out, config),
         variants=variants, extra={"pooling_source": pooling_source},
     )
+
+
+def _num_labels(config: Mapping[str, Any]) -> int:
+    labels = config_value(config, "id2label", {})
+    return int(config_value(config, "num_labels", len(labels) if isinstance(labels, Mapping) and labels else 1))
+
+
+def _tokenizer_record(out: Path, config: Mapping[str, Any]) -> dict[str, Any]:
+    if not (out / "tokenizer.json").is_file():
+        raise UnsupportedModelError(f"{out} has no tokenizer.json (a fast tokenizer is required)")
+    specials = special_ids(out / "tokenizer.json")
+    pad = specials["pad"] if specials["pad"] is not None else int(config_value(config, "pad_token_id", 0))
+    present = [name for name in TOKENIZER_FILES if (out / name).is_file()]
+    return {"files": tokenizer_files(present), "pad_token_id": pad, "cls_token_id": specials["cls"],
+            "sep_token_id": specials["sep"]}
 
 
 def _fp32_record() -> dict[str, Any]:

@@ -37,6 +37,8 @@ SENTENCE_TRANSFORMERS_FILES = (
     "sentence_bert_config.json",
     "1_Pooling/config.json",
 )
+# Written beside a checkpoint by `gte-onnx export --save-checkpoint`: where its weights came from.
+SOURCE_NOTE = "gte-onnx-source.json"
 SAFETENSORS = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 # The variants a conversion makes when none is asked for by name: int8 is the CPU default.
@@ -153,7 +155,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 def metadata_files(files: list[str]) -> list[str]:
     """config.json, the tokenizer and the Sentence-Transformers files that the source has."""
-    wanted = (CONFIG, *TOKENIZER_FILES, *SENTENCE_TRANSFORMERS_FILES)
+    wanted = (CONFIG, *TOKENIZER_FILES, *SENTENCE_TRANSFORMERS_FILES, SOURCE_NOTE)
     return [name for name in wanted if name in files]
 
 
@@ -163,14 +165,14 @@ def _entry(repo, root: Path, kind: str, fingerprinted: list[str]) -> Path:
     return hub_entry(root, repo.repo_id, kind, repo.revision)
 
 
-def _has_variants(folder: Path, names: Sequence[str]) -> bool:
+def cached_variants(folder: Path) -> list[str] | None:
+    """The variants of a cached folder; None when it is absent or its manifest unreadable (rebuild it)."""
     if not is_complete(folder):
-        return False
+        return None
     try:
-        present = Manifest.load(folder).variants
+        return list(Manifest.load(folder).variants)
     except ModelFolderError:
-        return False
-    return all(name in present for name in names)
+        return None
 
 
 # ---- 2. a checkpoint, converted -------------------------------------------------------------------------
@@ -187,12 +189,12 @@ def _converted(repo, contents: Contents, variant: str | None, root: Path, log) -
     wanted = conversion_variants(variant)
     needed = metadata_files(repo.files) + contents.weights
     target = _entry(repo, root, "converted", needed)
-    if _has_variants(target, ("fp32",) + wanted):
+    present = cached_variants(target)
+    if present is not None and all(n in present for n in ("fp32",) + wanted):
         return target  # the cached conversion: no download, no rebuild
-    rebuild = is_complete(target)
-    if rebuild:
-        present = tuple(n for n in Manifest.load(target).variants if n != "fp32")
-        wanted = tuple(dict.fromkeys(present + wanted))
+    rebuild = target.exists()
+    if present:  # a rebuild for one more variant keeps the ones made before
+        wanted = tuple(dict.fromkeys(tuple(n for n in present if n != "fp32") + wanted))
     folder = repo.fetch(needed, repo.name)
 
     def build(tmp: Path) -> None:
@@ -218,11 +220,12 @@ def _imported(repo, contents: Contents, variant: str | None, providers, root: Pa
     meta = metadata_files(repo.files)
     graphs = [contents.onnx[name] for name in wanted]
     target = _entry(repo, root, "imported", meta + list(contents.onnx.values()))
-    if _has_variants(target, wanted):
+    present = cached_variants(target)
+    if present is not None and all(n in present for n in wanted):
         return target
-    rebuild = is_complete(target)
-    if rebuild:
-        wanted = list(dict.fromkeys(list(Manifest.load(target).variants) + list(wanted)))
+    rebuild = target.exists()
+    if present:
+        wanted = list(dict.fromkeys([n for n in present if n in contents.onnx] + list(wanted)))
         graphs = [contents.onnx[name] for name in wanted]
     folder = fetch_onnx_files(repo, meta, graphs)
 

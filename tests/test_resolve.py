@@ -358,3 +358,22 @@ def test_a_repo_missing_from_the_offline_cache(hub):
 
     with pytest.raises(ModelFolderError, match=r"org/absent is not in the local hub cache .*offline"):
         resolve_model("org/absent")
+
+
+def test_cli_info_on_a_hub_id_reads_only_the_manifest_and_tokenizer(hub, downloads, two_variant_dir, capsys):
+    from gte_onnx.cli import main
+
+    hub.add("org/info-me", {p.relative_to(two_variant_dir).as_posix(): p for p in two_variant_dir.rglob("*") if p.is_file()})
+    assert main(["info", "org/info-me", "--offline"]) == 0
+    out = capsys.readouterr().out
+    assert "task embedding" in out and "int8" in out
+    assert not any(name.endswith(".onnx") for name in downloads)
+
+
+def test_cli_unsupported_model_is_one_clear_line(hub, tiny_checkpoint, capsys):
+    from gte_onnx.cli import main
+
+    hub.add("org/nothing", meta_files(tiny_checkpoint))
+    assert main(["embed", "org/nothing", "hello", "--offline"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: org/nothing cannot be used") and "Traceback" not in err

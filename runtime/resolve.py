@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .cache import build_atomically, cache_root, hub_entry, is_complete, local_entry
-from .errors import InvalidInputError, ModelFolderError, UnsupportedModelError
+from .errors import InvalidInputError, ModelFolderError, UnsupportedModelError, VariantError
 from .hub import LocalFolder, open_source
 from .manifest import MANIFEST_NAME, Manifest
 from .session import choose_variant, resolve_providers
@@ -44,6 +44,7 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 # The variants a conversion makes when none is asked for by name: int8 is the CPU default.
 DEFAULT_CONVERTED = ("int8",)
 ALL_CONVERTED = ("fp16", "int8", "q4")
+CONVERTIBLE = ("fp32", "fp16", "int8", "q4", "q4f16")
 FORMS = (
     "a gte-onnx model folder (with gte-onnx.json), a transformers checkpoint with safetensors weights of a "
     "supported architecture (ModernBERT, BERT family), or ONNX files in the transformers.js (onnx/model.onnx) "
@@ -81,6 +82,9 @@ def resolve_model(
     if source not in SOURCES:
         raise InvalidInputError(f"source must be one of {SOURCES}, got {source!r}")
     log = log or (lambda _msg: None)
+    local = Path(model).expanduser()
+    if (local / MANIFEST_NAME).is_file():
+        return local  # a gte-onnx folder on disk: used in place, nothing listed
     repo = open_source(model, revision, local_files_only)
     files = repo.files
     if MANIFEST_NAME in files:
@@ -182,6 +186,11 @@ def conversion_variants(variant: str | None) -> tuple[str, ...]:
         return ALL_CONVERTED
     if variant in (None, "auto", "fp32"):
         return DEFAULT_CONVERTED
+    if variant not in CONVERTIBLE:
+        raise VariantError(
+            f"variant {variant!r} is not one a conversion makes ({', '.join(CONVERTIBLE)}); "
+            "for a repo's own ONNX files by that name, pass source='onnx'"
+        )
     return tuple(dict.fromkeys(DEFAULT_CONVERTED + (variant,)))
 
 

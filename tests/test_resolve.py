@@ -377,3 +377,13 @@ def test_cli_unsupported_model_is_one_clear_line(hub, tiny_checkpoint, capsys):
     assert main(["embed", "org/nothing", "hello", "--offline"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: org/nothing cannot be used") and "Traceback" not in err
+
+
+def test_a_variant_no_conversion_makes_is_refused_before_converting(hub, tiny_checkpoint):
+    from gte_onnx.errors import VariantError
+    from gte_onnx.resolve import resolve_model
+
+    hub.add("org/convertible", {**meta_files(tiny_checkpoint), "model.safetensors": tiny_checkpoint / "model.safetensors"})
+    with pytest.raises(VariantError, match=r"'bnb4' is not one a conversion makes.*source='onnx'"):
+        resolve_model("org/convertible", variant="bnb4")
+    assert not (hub.cache / "models--org--convertible").exists()

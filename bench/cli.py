@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("folder", metavar="DIR", help="a gte-onnx model folder (made by gte-onnx export)")
+    p.add_argument("folder", metavar="MODEL", help="a gte-onnx model folder, or a hub id / folder that "
+                   "gte-onnx converts or imports (see --source)")
     p.add_argument("--variants", type=_csv, help="comma-separated variant names (default: every variant "
                    "meant for the provider)")
     p.add_argument("--shapes", help=f"comma-separated BxL shapes (default: {','.join(DEFAULT_SHAPES)}; "
@@ -62,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", action="store_true", help="write the measured speed ranking into the "
                    "manifest's speed_ranking (used by variant='auto')")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    from gte_onnx.cli import add_model_source_options
+
+    add_model_source_options(p)
     return p
 
 
@@ -90,8 +94,12 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str]):
             budget_s=base.budget_s,
             heavy_min_repeats=min(base.heavy_min_repeats, min_reps),  # --repeats 1 is a valid request
         )
+    from gte_onnx.cli import model_source_kwargs
+    from gte_onnx.resolve import resolve_model
+
+    folder = resolve_model(args.folder, variant="all", **model_source_kwargs(args))
     return BenchConfig(
-        folder=Path(args.folder),
+        folder=folder,
         variants=args.variants or None,
         providers=args.providers or ["cpu"],
         shapes=parse_shapes(args.shapes) if args.shapes else None,

@@ -23,6 +23,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "bench": ("gte_onnx.bench.cli:main", "benchmark variants x providers x shapes [bench]"),
     "serve": ("gte_onnx.server.main:main", "HTTP server: OpenAI, TEI and Cohere APIs [server]"),
     "info": ("gte_onnx.cli:info_main", "print a model folder's manifest summary"),
+    "import": ("gte_onnx.convert.onnx_import:main", "a repo's own ONNX files (transformers.js, optimum) -> model folder"),
 }
 
 
@@ -75,6 +76,28 @@ def add_runtime_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-batch-tokens", type=int, default=16384)
     parser.add_argument("--truncate", choices=("end", "start", "error"), default="end")
+    add_model_source_options(parser)
+
+
+def add_model_source_options(parser: argparse.ArgumentParser) -> None:
+    """How a hub id or a non-gte-onnx folder becomes a model folder (see gte_onnx.resolve)."""
+    parser.add_argument("--source", choices=("auto", "convert", "onnx"), default="auto",
+                        help="auto: convert a supported checkpoint, else use the repo's ONNX files; "
+                        "convert or onnx insist on one")
+    parser.add_argument("--revision", default=None, help="hub branch, tag or commit")
+    parser.add_argument("--cache-dir", default=None,
+                        help="where converted and imported models are kept (default $GTE_ONNX_CACHE or ~/.cache/gte-onnx)")
+    parser.add_argument("--offline", action="store_true", help="use only local files and the local hub cache")
+
+
+def model_source_kwargs(args: argparse.Namespace) -> dict:
+    """The Embedder/Reranker keyword arguments of add_model_source_options."""
+    return {"source": args.source, "revision": args.revision, "cache_dir": args.cache_dir,
+            "local_files_only": args.offline}
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)
 
 
 def _providers(value: str | None):
@@ -99,7 +122,7 @@ def embed_main(argv: list[str]) -> int:
         prog="gte-onnx embed",
         description="Embed texts (arguments, --file, or one per line on stdin). Writes JSON lines or .npy.",
     )
-    parser.add_argument("model", help="model folder (or hub id of a gte-onnx folder)")
+    parser.add_argument("model", help="model folder or hub id")
     parser.add_argument("texts", nargs="*", help="texts to embed")
     parser.add_argument("--file", help="read texts from FILE, one per line ('-' for stdin)")
     parser.add_argument("--output", "-o", help="write here: *.npy for a numpy array, else JSON lines (default stdout)")
@@ -113,7 +136,8 @@ def embed_main(argv: list[str]) -> int:
         parser.error("no texts: give them as arguments, with --file, or on stdin")
     from .embedder import Embedder
 
-    model = Embedder(args.model, args.variant, _providers(args.providers), args.threads, args.max_batch_tokens, args.truncate)
+    model = Embedder(args.model, args.variant, _providers(args.providers), args.threads, args.max_batch_tokens,
+                     args.truncate, **model_source_kwargs(args))
     vectors = model.encode(texts, batch_size=args.batch_size, normalize=args.normalize)
     if vectors.truncated:
         print(f"note: {len(vectors.truncated)} input(s) truncated to {model.max_length} tokens", file=sys.stderr)
@@ -140,7 +164,7 @@ def rerank_main(argv: list[str]) -> int:
         prog="gte-onnx rerank",
         description="Score documents against a query (documents as arguments, --file, or stdin lines).",
     )
-    parser.add_argument("model", help="reranker model folder")
+    parser.add_argument("model", help="reranker model folder or hub id")
     parser.add_argument("documents", nargs="*")
     parser.add_argument("--query", "-q", required=True)
     parser.add_argument("--file", help="read documents from FILE, one per line ('-' for stdin)")
@@ -153,7 +177,8 @@ def rerank_main(argv: list[str]) -> int:
         parser.error("no documents: give them as arguments, with --file, or on stdin")
     from .reranker import Reranker
 
-    model = Reranker(args.model, args.variant, _providers(args.providers), args.threads, args.max_batch_tokens, args.truncate)
+    model = Reranker(args.model, args.variant, _providers(args.providers), args.threads, args.max_batch_tokens,
+                     args.truncate, **model_source_kwargs(args))
     ranked = model.rerank(
         args.query, docs, top_k=args.top_k, return_documents=True, batch_size=args.batch_size,
         activation=None if args.raw else "sigmoid",
@@ -168,11 +193,14 @@ def rerank_main(argv: list[str]) -> int:
 # ---- info -------------------------------------------------------------------------------------------
 def info_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="gte-onnx info", description="Summarise a model folder's manifest.")
-    parser.add_argument("model")
+    parser.add_argument("model", help="model folder or hub id")
+    add_model_source_options(parser)
     args = parser.parse_args(argv)
     from .manifest import Manifest
+    from .resolve import resolve_model
 
-    manifest = Manifest.load(Path(args.model))
+    kwargs = model_source_kwargs(args)
+    manifest = Manifest.load(resolve_model(args.model, variant=None, log=_stderr, **kwargs))
     print(f"task {manifest.task}, pooling {manifest.pooling}, normalize {manifest.normalize}, "
           f"max_length {manifest.max_length}, dim {manifest.dim}, source {manifest.source.get('model_id')}"
           + (" (random weights)" if manifest.source.get("random_weights") else ""))

@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .loaded import FolderModel
+from .loaded import LoadedModel
 from .pooling import l2_normalize, pool
 from .tokenize import check_policy, check_texts, warn_truncated
 
@@ -27,10 +27,14 @@ class Embeddings(np.ndarray):
             self.token_counts = getattr(obj, "token_counts", ())
 
 
-class Embedder(FolderModel):
+class Embedder(LoadedModel):
     """Embed texts with an exported model folder (or hub id), on the CPU or CUDA execution providers.
 
-    Embedder(model, variant="auto", providers=None, threads=None, max_batch_tokens=16384, truncate="end")
+    Embedder(model, variant="auto", providers=None, threads=None, max_batch_tokens=16384, truncate="end",
+             revision=None, source="auto", cache_dir=None, local_files_only=False)
+
+    `model` is a model folder or a hub id: a gte-onnx folder, a safetensors checkpoint (converted once,
+    without torch, into the cache) or a repo's own ONNX files (see gte_onnx.resolve).
 
     >>> model = Embedder("gte-modernbert-base-onnx")
     >>> vectors = model.encode(["what is the capital of China?", "Beijing"])
@@ -55,7 +59,7 @@ class Embedder(FolderModel):
         """
         single = isinstance(texts, str)
         items = check_texts(texts)
-        policy = check_policy(truncate or self._model.truncate)
+        policy = check_policy(truncate or self.truncate)
         normalize = self.manifest.normalize if normalize is None else bool(normalize)
         encoded = self.tokenizer.encode(items, policy)
         warn_truncated(encoded.truncated, len(items), self.max_length, policy)
@@ -65,7 +69,7 @@ class Embedder(FolderModel):
             vectors = pool(pooling, hidden, mask).astype(np.float32, copy=False)
             return l2_normalize(vectors) if normalize else vectors
 
-        out = self._model.run_encoded(encoded, batch_size, postprocess, show_progress, "encode")
+        out = self.run_encoded(encoded, batch_size, postprocess, show_progress, "encode")
         result = out.view(Embeddings)
         result.truncated = encoded.truncated
         result.token_counts = encoded.original_lengths

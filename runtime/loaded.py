@@ -1,8 +1,11 @@
-"""What Embedder and Reranker share: a model folder loaded (manifest, tokenizer, session) and the
-batched run loop: sort by length -> token-budget batches -> session.run -> postprocess -> input order."""
+"""What Embedder, Reranker and the server share: a model (folder or hub id) resolved and loaded (manifest,
+tokenizer, session), its facts, and the batched run loop: sort by length -> token-budget batches ->
+session.run -> postprocess -> input order."""
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -10,18 +13,32 @@ import numpy as np
 
 from .batching import DEFAULT_MAX_BATCH_TOKENS, pad_batch, pad_rows, plan_batches
 from .errors import InvalidInputError, ModelFolderError
-from .hub import resolve_model_folder
 from .manifest import Manifest
 from .progress import Progress, auto_enabled
+from .resolve import resolve_model
 from .session import OnnxModel
 from .tokenize import Encoded, TextTokenizer, check_policy
 
 
+def _to_stderr(message: str) -> None:
+    """Conversion and import steps are reported on stderr: stdout may carry the caller's output."""
+    print(message, file=sys.stderr)
+
+
 class LoadedModel:
+    """A model loaded for inference. Subclasses set `task`; None (the server) takes the manifest's.
+
+    `model` is a gte-onnx folder, a hub id or a folder in another supported form (see gte_onnx.resolve):
+    `source` ("auto", "convert", "onnx") picks between conversion and a repo's own ONNX files,
+    `cache_dir` (default $GTE_ONNX_CACHE or ~/.cache/gte-onnx) holds converted and imported folders,
+    `local_files_only` (or HF_HUB_OFFLINE=1) never touches the network.
+    """
+
+    task: str | None = None
+
     def __init__(
         self,
-        model: str | Path,
-        task: str,
+        model: str | os.PathLike,
         variant: str = "auto",
         providers: Sequence[str] | str | None = None,
         threads: int | None = None,
@@ -29,34 +46,43 @@ class LoadedModel:
         truncate: str = "end",
         revision: str | None = None,
         verify: bool = True,
+        *,
+        source: str = "auto",
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
     ):
-        self.folder = resolve_model_folder(model, revision)
-        self.manifest = Manifest.load(self.folder)
-        if self.manifest.task != task:
-            raise ModelFolderError(
-                f"{self.folder} holds a {self.manifest.task!r} model, not {task!r}; "
-                f"use {'Reranker' if self.manifest.task == 'rerank' else 'Embedder'} for it"
-            )
         if int(max_batch_tokens) < 1:
             raise InvalidInputError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
-        self.max_batch_tokens = int(max_batch_tokens)
         self.truncate = check_policy(truncate)
+        self.folder = resolve_model(
+            model, variant=variant, providers=providers, revision=revision, source=source,
+            cache_dir=cache_dir, local_files_only=local_files_only, log=_to_stderr,
+        )
+        self.manifest = Manifest.load(self.folder)
+        if self.task is not None and self.manifest.task != self.task:
+            raise ModelFolderError(
+                f"{model} holds a {self.manifest.task!r} model, not {self.task!r}; "
+                f"use {'Reranker' if self.manifest.task == 'rerank' else 'Embedder'} for it"
+            )
+        self.task = self.manifest.task
+        self._max_batch_tokens = int(max_batch_tokens)
         self.tokenizer = TextTokenizer.from_folder(
             self.folder, self.manifest.max_length, self.manifest.tokenizer.get("pad_token_id")
         )
         self.onnx = OnnxModel(self.folder, self.manifest, variant, providers, threads, verify=verify)
 
-    @property
-    def variant(self) -> str:
-        return self.onnx.variant.name
+    variant = property(lambda self: self.onnx.variant.name)
+    provider = property(lambda self: self.onnx.provider)
+    max_length = property(lambda self: self.manifest.max_length)
+    threads = property(lambda self: self.onnx.threads)
+    max_batch_tokens = property(lambda self: self._max_batch_tokens)
+    onnx_model = property(lambda self: self.onnx, doc="the OnnxModel (session, inputs, provider)")
 
-    @property
-    def provider(self) -> str:
-        return self.onnx.provider
-
-    @property
-    def max_length(self) -> int:
-        return self.manifest.max_length
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({str(self.folder)!r}, variant={self.variant!r}, provider={self.provider!r}, "
+            f"max_length={self.max_length})"
+        )
 
     def run_encoded(
         self,
@@ -73,7 +99,7 @@ class LoadedModel:
         out: np.ndarray | None = None
         progress = Progress(n, desc, auto_enabled(show_progress, n))
         try:
-            for rows in plan_batches(encoded.lengths, batch_size, self.max_batch_tokens):
+            for rows in plan_batches(encoded.lengths, batch_size, self._max_batch_tokens):
                 input_ids, mask = pad_batch([encoded.ids[i] for i in rows], self.tokenizer.pad_token_id)
                 type_ids = pad_rows([encoded.type_ids[i] for i in rows]) if "token_type_ids" in self.onnx.input_names else None
                 raw = self.onnx.run(self.onnx.feed(input_ids, mask, type_ids))
@@ -86,40 +112,3 @@ class LoadedModel:
             progress.close()
         assert out is not None
         return out
-
-
-class FolderModel:
-    """What Embedder and Reranker share as public objects: the constructor and the model's facts."""
-
-    task = ""  # set by each subclass: the manifest task it serves
-
-    def __init__(
-        self,
-        model: str | Path,
-        variant: str = "auto",
-        providers: Sequence[str] | str | None = None,
-        threads: int | None = None,
-        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
-        truncate: str = "end",
-        revision: str | None = None,
-        verify: bool = True,
-    ):
-        self._model = LoadedModel(
-            model, self.task, variant, providers, threads, max_batch_tokens, truncate, revision, verify
-        )
-        self.manifest = self._model.manifest
-        self.folder = self._model.folder
-        self.tokenizer = self._model.tokenizer
-
-    variant = property(lambda self: self._model.variant)
-    provider = property(lambda self: self._model.provider)
-    max_length = property(lambda self: self._model.max_length)
-    threads = property(lambda self: self._model.onnx.threads)
-    max_batch_tokens = property(lambda self: self._model.max_batch_tokens)
-    onnx_model = property(lambda self: self._model.onnx, doc="the OnnxModel (session, inputs, provider)")
-
-    def __repr__(self) -> str:
-        return (
-            f"{type(self).__name__}({str(self.folder)!r}, variant={self.variant!r}, provider={self.provider!r}, "
-            f"max_length={self.max_length})"
-        )

@@ -214,9 +214,13 @@ def describe_file(folder: str | os.PathLike, relative: str) -> dict[str, Any]:
 
 
 def resolve_inside(folder: str | os.PathLike, relative: str) -> Path:
-    """The path of a file named by the manifest or by ONNX external data, refusing any that escapes."""
+    """The path of a file named by the manifest or by ONNX external data, refusing any that escapes.
+
+    The check is on the path as written (no `..`, not absolute), not on where symlinks lead: a hub cache
+    snapshot is a folder of symlinks into the repo's blob store, and its files are still the folder's.
+    """
     root = Path(folder).resolve()
-    target = (root / relative).resolve()
+    target = Path(os.path.normpath(root / relative))
     if os.path.isabs(relative) or not target.is_relative_to(root):
         raise IntegrityError(
             f"{relative!r} points outside the model folder {root}; refusing to read it"

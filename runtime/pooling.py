@@ -19,7 +19,15 @@ def mean_pool(hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
     return summed / counts
 
 
-POOLERS = {"cls": cls_pool, "mean": mean_pool}
+def no_pool(hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    """The graph already pooled (a sentence_embedding output). (B, H) -> (B, H)."""
+    del attention_mask
+    if hidden.ndim != 2:
+        raise ValueError(f"pooling 'none' needs a pooled (batch, dim) output, got shape {hidden.shape}")
+    return hidden
+
+
+POOLERS = {"cls": cls_pool, "mean": mean_pool, "none": no_pool}
 
 
 def pool(kind: str, hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import InvalidInputError
-from .loaded import FolderModel
+from .loaded import LoadedModel
 from .pooling import sigmoid
 from .tokenize import check_policy, check_texts, warn_truncated
 
@@ -35,10 +35,14 @@ def check_pairs(pairs: object) -> list[tuple[str, str]]:
     return out
 
 
-class Reranker(FolderModel):
+class Reranker(LoadedModel):
     """Score documents against a query with an exported reranker folder (task "rerank").
 
-    Reranker(model, variant="auto", providers=None, threads=None, max_batch_tokens=16384, truncate="end")
+    Reranker(model, variant="auto", providers=None, threads=None, max_batch_tokens=16384, truncate="end",
+             revision=None, source="auto", cache_dir=None, local_files_only=False)
+
+    `model` is a model folder or a hub id: a gte-onnx folder, a safetensors checkpoint (converted once,
+    without torch, into the cache) or a repo's own ONNX files (see gte_onnx.resolve).
 
     >>> reranker = Reranker("gte-reranker-modernbert-base-onnx")
     >>> reranker.rerank("what is the capital of China?", ["Beijing", "sorting algorithms"], top_k=1)
@@ -65,11 +69,11 @@ class Reranker(FolderModel):
         if activation not in ACTIVATIONS:
             raise InvalidInputError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
         items = check_pairs(pairs)
-        policy = check_policy(truncate or self._model.truncate)
+        policy = check_policy(truncate or self.truncate)
         encoded = self.tokenizer.encode_pairs(items, policy)
         warn_truncated(encoded.truncated, len(items), self.max_length, policy)
         self.last_truncated = encoded.truncated
-        logits = self._model.run_encoded(
+        logits = self.run_encoded(
             encoded, batch_size, lambda raw, mask: raw.astype(np.float32, copy=False), show_progress, "rerank"
         )
         if logits.ndim == 2 and logits.shape[1] == 1:

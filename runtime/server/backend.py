@@ -20,9 +20,7 @@ import numpy as np
 
 from ..batching import DEFAULT_MAX_BATCH_TOKENS
 from ..errors import InputTooLongError, InvalidInputError
-from ..hub import resolve_model_folder
 from ..loaded import LoadedModel
-from ..manifest import Manifest
 from ..pooling import l2_normalize, pool
 from ..tokenize import Encoded, check_policy
 
@@ -77,13 +75,14 @@ class OnnxBackend:
         threads: int | None = None,
         max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
+        **resolution,
     ):
+        """`resolution`: source, cache_dir, local_files_only, revision, as for Embedder."""
         if not isinstance(max_batch_size, int) or isinstance(max_batch_size, bool) or max_batch_size < 1:
             raise InvalidInputError(f"max_batch_size must be a positive integer, got {max_batch_size!r}")
         self.max_batch_size = max_batch_size
-        folder = resolve_model_folder(folder)
-        self.task = Manifest.load(folder).task
-        self._model = LoadedModel(folder, self.task, variant, providers, threads, max_batch_tokens)
+        self._model = LoadedModel(folder, variant, providers, threads, max_batch_tokens, **resolution)
+        self.task = self._model.task
         manifest = self._model.manifest
         self.manifest = manifest
         source_id = str(manifest.source.get("model_id") or "")

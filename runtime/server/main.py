@@ -62,12 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="over-long inputs when the request does not say (error -> 413)")
     parser.add_argument("--graceful-timeout", type=float, default=30.0,
                         help="seconds to finish in-flight requests after SIGTERM/SIGINT")
+    from ..cli import add_model_source_options
+
+    add_model_source_options(parser)
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
     return parser
 
 
 def build_app(args: argparse.Namespace):
     """Load the backend and make the app; raises typed errors for a bad folder or option."""
+    from ..cli import model_source_kwargs
     from .app import create_app
     from .backend import OnnxBackend
 
@@ -78,6 +82,7 @@ def build_app(args: argparse.Namespace):
         threads=args.threads,
         max_batch_tokens=args.max_batch_tokens,
         max_batch_size=args.max_batch_size,
+        **model_source_kwargs(args),
     )
     settings = ServerSettings(
         model_name=args.model_name or backend.model_id,

@@ -8,12 +8,13 @@ from ..errors import InvalidInputError
 from ..tokenize import TRUNCATE_POLICIES
 from .token_ids import TokenIdMode
 
-# TEI's defaults, except max_client_batch_size: OpenAI clients (langchain, llama-index) send hundreds of
-# inputs per request, and the token-budget queue bounds memory whatever the request size.
+# TEI's defaults, except the request size: OpenAI clients send what OpenAI accepts (LangChain: up to 1000
+# inputs and 300,000 tokens per request, as token ids of up to 8 bytes each in JSON), and the token-budget
+# queue bounds memory whatever the request size.
 DEFAULT_MAX_BATCH_TOKENS = 16384
 DEFAULT_MAX_CONCURRENT_REQUESTS = 512
-DEFAULT_MAX_CLIENT_BATCH_SIZE = 256
-DEFAULT_PAYLOAD_LIMIT = 2_000_000  # bytes of request body (TEI's default); the tokenizer never sees more
+DEFAULT_MAX_CLIENT_BATCH_SIZE = 2048  # OpenAI's own limit of inputs per request
+DEFAULT_PAYLOAD_LIMIT = 4_000_000  # bytes of request body; the tokenizer never sees more
 # /health turns 503 after this many model runs in a row have failed, and back to 200 after one succeeds.
 DEFAULT_UNHEALTHY_AFTER = 3
 

@@ -7,7 +7,7 @@ from typing import Sequence
 import numpy as np
 
 from .loaded import LoadedModel
-from .pooling import l2_normalize, pool
+from .pooling import embedding_postprocess
 from .tokenize import check_policy, check_texts, warn_truncated
 
 
@@ -63,12 +63,7 @@ class Embedder(LoadedModel):
         normalize = self.manifest.normalize if normalize is None else bool(normalize)
         encoded = self.tokenizer.encode(items, policy)
         warn_truncated(encoded.truncated, len(items), self.max_length, policy)
-        pooling = self.manifest.pooling
-
-        def postprocess(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
-            vectors = pool(pooling, hidden, mask).astype(np.float32, copy=False)
-            return l2_normalize(vectors) if normalize else vectors
-
+        postprocess = embedding_postprocess(self.manifest.pooling, normalize)
         out = self.run_encoded(encoded, batch_size, postprocess, show_progress, "encode")
         result = out.view(Embeddings)
         result.truncated = encoded.truncated

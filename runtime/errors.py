@@ -89,3 +89,17 @@ class UnsupportedModelError(ModelFolderError):
     was found and which forms are supported."""
 
     code = "unsupported_model"
+
+
+class InferenceError(GteOnnxError, RuntimeError):
+    """The model run itself failed (an ONNX Runtime error, not the input): the server answers 500."""
+
+    http_status = 500
+    code = "inference_error"
+
+
+class BackendUnavailableError(InferenceError):
+    """The model run failed for want of a resource (memory, a device); retrying later may work: 503."""
+
+    http_status = 503
+    code = "backend_unavailable"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 
@@ -42,6 +44,20 @@ def l2_normalize(vectors: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     """Rows scaled to unit length; an all-zero row stays zero instead of becoming NaN."""
     norms = np.linalg.norm(vectors, axis=-1, keepdims=True)
     return vectors / np.maximum(norms, eps)
+
+
+def embedding_postprocess(kind: str, normalize: bool) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """(hidden, mask) -> float32 vectors: the pooling, then unit length when asked. Shared by every caller
+    (Embedder.encode, the server) so their answers are the same function of the same model output."""
+    pooler = POOLERS.get(kind)
+    if pooler is None:
+        raise ValueError(f"unknown pooling {kind!r}; expected one of {sorted(POOLERS)}")
+
+    def postprocess(hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        vectors = pooler(hidden, attention_mask).astype(np.float32, copy=False)
+        return l2_normalize(vectors) if normalize else vectors
+
+    return postprocess
 
 
 def sigmoid(logits: np.ndarray) -> np.ndarray:

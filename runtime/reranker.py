@@ -35,6 +35,19 @@ def check_pairs(pairs: object) -> list[tuple[str, str]]:
     return out
 
 
+def ranked(scores: np.ndarray, documents: Sequence[str], top_k: int | None = None,
+           with_text: bool = False) -> list[dict[str, Any]]:
+    """[{"index", "score"[, "text"]}] best first (ties keep input order), the best top_k when given."""
+    order = np.argsort(-np.asarray(scores), kind="stable")[: top_k or len(documents)]
+    results = []
+    for i in order:
+        item: dict[str, Any] = {"index": int(i), "score": float(scores[i])}
+        if with_text:
+            item["text"] = documents[i]
+        results.append(item)
+    return results
+
+
 class Reranker(LoadedModel):
     """Score documents against a query with an exported reranker folder (task "rerank").
 
@@ -101,11 +114,4 @@ class Reranker(LoadedModel):
         scores = self.predict([(query, d) for d in docs], batch_size, activation, truncate=truncate)
         if scores.ndim != 1:
             raise InvalidInputError("rerank needs a one-label model; use predict() for multi-label outputs")
-        order = np.argsort(-scores, kind="stable")[: top_k or len(docs)]
-        results = []
-        for i in order:
-            item: dict[str, Any] = {"index": int(i), "score": float(scores[i])}
-            if return_documents:
-                item["text"] = docs[i]
-            results.append(item)
-        return results
+        return ranked(scores, docs, top_k, return_documents)

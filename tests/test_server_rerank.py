@@ -28,7 +28,9 @@ def reranker(tiny_reranker_dir):
 @pytest.fixture(scope="module")
 def http(tiny_reranker_dir):
     backend = OnnxBackend(tiny_reranker_dir, threads=1)
-    with ServerThread(create_app(backend, ServerSettings(model_name=NAME, max_client_batch_size=8))) as live:
+    # Strict names here, so the 404 for another model name is covered on Cohere's route too.
+    settings = ServerSettings(model_name=NAME, max_client_batch_size=8, strict_model_name=True)
+    with ServerThread(create_app(backend, settings)) as live:
         with httpx.Client(base_url=live.url, timeout=60) as client:
             yield client
 

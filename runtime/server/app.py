@@ -1,6 +1,8 @@
-"""The FastAPI app: OpenAI /v1/embeddings, TEI /embed and /rerank, Cohere /v1/rerank, health, metrics.
+"""The FastAPI app: OpenAI /v1/embeddings, TEI /embed, /rerank, /tokenize and /decode, Cohere /v1/rerank,
+health, metrics.
 
-Routes only translate between each API's shapes and the Engine (engine.py), which does the work.
+Routes only translate between each API's shapes and the Engine (engine.py), which does the work. Each
+API's routes are added by a function of their own; create_app puts them together.
 """
 
 from __future__ import annotations
@@ -9,13 +11,13 @@ import base64
 import time
 import uuid
 from contextlib import asynccontextmanager
-from typing import Any
 
 import numpy as np
 
 from .. import __version__
 from ..errors import InvalidInputError
 from ..pooling import sigmoid
+from ..reranker import ranked
 from .backend import Backend
 from .batcher import Batcher
 from .engine import Engine, param_error
@@ -25,15 +27,18 @@ from .middleware import BearerAuth, BodyLimit, RequestMetrics
 from .schemas import (
     CohereRerankRequest,
     CohereRerankResponse,
+    DecodeRequest,
     EmbeddingsRequest,
     EmbeddingsResponse,
     Health,
     Info,
     ModelCard,
     ModelList,
+    SimpleToken,
     TeiEmbedRequest,
     TeiRank,
     TeiRerankRequest,
+    TokenizeRequest,
 )
 from .settings import ServerSettings
 
@@ -47,21 +52,48 @@ def _as_base64(vector: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(vector, dtype="<f4").tobytes()).decode("ascii")
 
 
+def _no_prompts(prompt_name) -> None:
+    if prompt_name is not None:
+        raise param_error(InvalidInputError(f"prompt_name={prompt_name!r}: this model has no prompts"), "prompt_name")
+
+
 def create_app(backend: Backend, settings: ServerSettings, metrics: Metrics | None = None):
     """The ASGI app for one loaded backend. The batch worker starts and stops with the app's lifespan."""
     from fastapi import APIRouter, Depends, FastAPI
-    from fastapi.responses import JSONResponse, PlainTextResponse
     from fastapi.security import HTTPBearer
-    from starlette.concurrency import run_in_threadpool
 
     metrics = metrics or Metrics()
-    batcher = Batcher(backend.run, settings.max_batch_tokens, settings.max_concurrent_requests, metrics)
+    batcher = Batcher(
+        backend.run, settings.max_batch_tokens, settings.max_concurrent_requests, metrics, settings.unhealthy_after
+    )
     engine = Engine(backend, settings, batcher)
-    started = int(time.time())
     metrics.set(
         "gte_onnx_model_info", 1, model=settings.model_name, task=backend.task,
         variant=backend.variant, provider=backend.provider,
     )
+    app = FastAPI(
+        title="gte-onnx",
+        version=__version__,
+        description="GTE-ModernBERT embeddings and reranking on ONNX Runtime: OpenAI, TEI and Cohere APIs.",
+        lifespan=_lifespan(batcher),
+    )
+    app.state.engine = engine
+    app.state.metrics = metrics
+    install_error_handlers(app)
+
+    # The key is enforced by the BearerAuth middleware; this dependency only documents it in OpenAPI.
+    api = APIRouter(dependencies=[Depends(HTTPBearer(auto_error=False))] if settings.api_key else [])
+    add_openai_routes(api, engine)
+    add_tei_routes(api, engine)
+    add_cohere_routes(api, engine)
+    add_operations_routes(app, api, engine, metrics)
+    app.include_router(api)
+    _add_middleware(app, api, settings, metrics)
+    return app
+
+
+def _lifespan(batcher: Batcher):
+    from starlette.concurrency import run_in_threadpool
 
     @asynccontextmanager
     async def lifespan(app):
@@ -72,55 +104,59 @@ def create_app(backend: Backend, settings: ServerSettings, metrics: Metrics | No
             # uvicorn has already waited for in-flight requests; this finishes whatever is still queued.
             await run_in_threadpool(batcher.stop, 60.0)
 
-    app = FastAPI(
-        title="gte-onnx",
-        version=__version__,
-        description="GTE-ModernBERT embeddings and reranking on ONNX Runtime: OpenAI, TEI and Cohere APIs.",
-        lifespan=lifespan,
-    )
-    app.state.engine = engine
-    app.state.metrics = metrics
-    install_error_handlers(app)
+    return lifespan
 
-    # The key is enforced by the BearerAuth middleware; this dependency only documents it in OpenAPI.
-    security = [Depends(HTTPBearer(auto_error=False))] if settings.api_key else []
-    api = APIRouter(dependencies=security)
 
-    # ---- OpenAI -----------------------------------------------------------------------------------------
+def _add_middleware(app, api, settings: ServerSettings, metrics: Metrics) -> None:
+    # Outermost last: metrics see every answer, auth runs before the body is read, the limit before parsing.
+    app.add_middleware(BodyLimit, limit=settings.payload_limit)
+    if settings.api_key:
+        app.add_middleware(BearerAuth, api_key=settings.api_key)
+    known = frozenset(getattr(route, "path", "") for route in [*api.routes, *app.routes]) - {""}
+    app.add_middleware(RequestMetrics, metrics=metrics, known_paths=known)
+
+
+# ---- OpenAI ---------------------------------------------------------------------------------------------
+def openai_embedding_body(vectors: np.ndarray, encoding_format: str, model: str, tokens: int) -> dict:
+    if encoding_format == "base64":
+        data = [{"object": "embedding", "index": i, "embedding": _as_base64(v)} for i, v in enumerate(vectors)]
+    else:
+        rows = _as_json_vectors(vectors)
+        data = [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)]
+    return {"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+
+def add_openai_routes(api, engine: Engine) -> None:
+    from fastapi.responses import JSONResponse
+
+    settings = engine.settings
+    started = int(time.time())
+
     @api.post("/v1/embeddings", response_model=EmbeddingsResponse, tags=["OpenAI"])
     async def openai_embeddings(request: EmbeddingsRequest):
         engine.require_task("embedding", "/v1/embeddings")
-        engine.check_model(request.model)
+        model = engine.served_name(request.model)
         engine.check_dimensions(request.dimensions)
         items, token_ids = engine.parse_inputs(request.input, "input")
+        tiktoken = engine.token_id_encoding(request.model) if token_ids else None
         # OpenAI's vectors are unit length and clients rely on dot product == cosine.
-        vectors, tokens = await engine.embed(items, token_ids, normalize=True, truncate=settings.truncate)
-        if request.encoding_format == "base64":
-            data = [{"object": "embedding", "index": i, "embedding": _as_base64(v)} for i, v in enumerate(vectors)]
-        else:
-            rows = _as_json_vectors(vectors)
-            data = [{"object": "embedding", "index": i, "embedding": row} for i, row in enumerate(rows)]
-        body = {
-            "object": "list",
-            "data": data,
-            "model": request.model or settings.model_name,
-            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
-        }
-        return JSONResponse(body)
+        vectors, tokens = await engine.embed(items, token_ids, True, settings.truncate, tiktoken)
+        return JSONResponse(openai_embedding_body(vectors, request.encoding_format, model, tokens))
 
     @api.get("/v1/models", response_model=ModelList, tags=["OpenAI"])
     async def list_models():
         cards = [ModelCard(id=name, created=started, owned_by="gte-onnx") for name in settings.served_names]
         return ModelList(data=cards)
 
-    # ---- TEI ----------------------------------------------------------------------------------------
+
+# ---- TEI ------------------------------------------------------------------------------------------------
+def add_tei_routes(api, engine: Engine) -> None:
+    from fastapi.responses import JSONResponse
+
     async def tei_embed(request: TeiEmbedRequest, route: str):
         engine.require_task("embedding", route)
         engine.check_dimensions(request.dimensions)
-        if request.prompt_name is not None:
-            raise param_error(
-                InvalidInputError(f"prompt_name={request.prompt_name!r}: this model has no prompts"), "prompt_name"
-            )
+        _no_prompts(request.prompt_name)
         items, token_ids = engine.parse_inputs(request.inputs, "inputs")
         policy = engine.policy(request.truncate, request.truncation_direction)
         vectors, _ = await engine.embed(items, token_ids, request.normalize, policy)
@@ -141,34 +177,48 @@ def create_app(backend: Backend, settings: ServerSettings, metrics: Metrics | No
         policy = engine.policy(request.truncate, request.truncation_direction)
         logits = await engine.score(request.query, list(request.texts), policy)
         scores = logits if request.raw_scores else sigmoid(logits)
-        ranked = []
-        for i in np.argsort(-scores, kind="stable"):
-            item: dict[str, Any] = {"index": int(i), "score": float(scores[i])}
-            if request.return_text:
-                item["text"] = request.texts[i]
-            ranked.append(item)
-        return JSONResponse(ranked)
+        return JSONResponse(ranked(scores, request.texts, with_text=request.return_text))
 
-    # ---- Cohere ---------------------------------------------------------------------------------------
+    @api.post("/tokenize", response_model=list[list[SimpleToken]], tags=["TEI"])
+    async def tokenize(request: TokenizeRequest):
+        """This model's tokens of each input, untruncated: ids, text, special, character offsets."""
+        _no_prompts(request.prompt_name)
+        return JSONResponse(await engine.tokens(request.inputs, request.add_special_tokens))
+
+    @api.post("/decode", response_model=list[str], tags=["TEI"])
+    async def decode(request: DecodeRequest):
+        """This model's token ids (a list, or a list of lists) -> one text per list."""
+        return JSONResponse(await engine.decode(request.ids, request.skip_special_tokens))
+
+
+# ---- Cohere ---------------------------------------------------------------------------------------------
+def add_cohere_routes(api, engine: Engine) -> None:
+    from fastapi.responses import JSONResponse
+
     @api.post("/v1/rerank", response_model=CohereRerankResponse, response_model_exclude_none=True, tags=["Cohere"])
     async def cohere_rerank(request: CohereRerankRequest):
         engine.require_task("rerank", "/v1/rerank")
-        engine.check_model(request.model)
+        engine.served_name(request.model)
         if request.top_n is not None and request.top_n < 1:
             raise param_error(InvalidInputError(f"top_n must be at least 1, got {request.top_n}"), "top_n")
         texts = [d if isinstance(d, str) else d.text for d in request.documents]
-        scores = sigmoid(await engine.score(request.query, texts, settings.truncate))
-        order = np.argsort(-scores, kind="stable")[: request.top_n or len(texts)]
+        scores = sigmoid(await engine.score(request.query, texts, engine.settings.truncate))
         results = []
-        for i in order:
-            item: dict[str, Any] = {"index": int(i), "relevance_score": float(scores[i])}
-            if request.return_documents:
-                item["document"] = {"text": texts[i]}
-            results.append(item)
+        for item in ranked(scores, texts, request.top_n, with_text=request.return_documents):
+            result = {"index": item["index"], "relevance_score": item["score"]}
+            if "text" in item:
+                result["document"] = {"text": item["text"]}
+            results.append(result)
         meta = {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}}
         return JSONResponse({"id": str(uuid.uuid4()), "results": results, "meta": meta})
 
-    # ---- operations -----------------------------------------------------------------------------------
+
+# ---- operations -----------------------------------------------------------------------------------------
+def add_operations_routes(app, api, engine: Engine, metrics: Metrics) -> None:
+    from fastapi.responses import JSONResponse, PlainTextResponse
+
+    backend, settings, batcher = engine.backend, engine.settings, engine.batcher
+
     @api.get("/info", response_model=Info, tags=["Operations"])
     async def info():
         return Info(
@@ -184,20 +234,19 @@ def create_app(backend: Backend, settings: ServerSettings, metrics: Metrics | No
     async def prometheus_metrics():
         metrics.set("gte_onnx_requests_in_flight", batcher.in_flight)
         metrics.set("gte_onnx_queue_inputs", batcher.queued_items)
+        metrics.set("gte_onnx_consecutive_failed_batches", batcher.consecutive_failures)
         return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/health", response_model=Health, tags=["Operations"])
     async def health():
+        """200 when the model answers. 503 while shutting down, or when the last model runs all failed
+        and a probe run fails too (a probe that succeeds clears the failures: the backend recovered)."""
         if not batcher.alive:
             return JSONResponse({"status": "unavailable"}, status_code=503)
-        return Health(status="ok")
-
-    app.include_router(api)
-
-    # Outermost last: metrics see every answer, auth runs before the body is read, the limit before parsing.
-    app.add_middleware(BodyLimit, limit=settings.payload_limit)
-    if settings.api_key:
-        app.add_middleware(BearerAuth, api_key=settings.api_key)
-    known = frozenset(getattr(route, "path", "") for route in [*api.routes, *app.routes]) - {""}
-    app.add_middleware(RequestMetrics, metrics=metrics, known_paths=known)
-    return app
+        if batcher.failing:
+            try:
+                await engine.probe()
+            except Exception as exc:
+                detail = f"the last {batcher.consecutive_failures} model runs failed; the latest: {exc}"
+                return JSONResponse({"status": "failing", "detail": detail}, status_code=503)
+        return JSONResponse({"status": "ok"})

@@ -21,7 +21,7 @@ import numpy as np
 from ..batching import DEFAULT_MAX_BATCH_TOKENS
 from ..errors import InputTooLongError, InvalidInputError
 from ..loaded import LoadedModel
-from ..pooling import l2_normalize, pool
+from ..pooling import embedding_postprocess
 from ..tokenize import Encoded, check_policy
 
 # One tokenized input as the batcher carries it: (input ids, token type ids), int64 each.
@@ -53,11 +53,45 @@ class Backend(Protocol):
 
     def tokenize(self, texts: Sequence[str], truncate: str) -> Encoded: ...
 
+    def tokens(self, texts: Sequence[str], add_special_tokens: bool) -> list[list[dict]]:
+        """TEI's /tokenize: per text, its tokens as {id, text, special, start, stop} (character offsets;
+        special tokens carry their own text and no offsets)."""
+        out = []
+        for text, encoding in zip(texts, self._inspector.encode_batch(list(texts), add_special_tokens=add_special_tokens)):
+            row = []
+            for token_id, token, (start, stop), special in zip(
+                encoding.ids, encoding.tokens, encoding.offsets, encoding.special_tokens_mask
+            ):
+                if special:
+                    row.append({"id": token_id, "text": token, "special": True, "start": None, "stop": None})
+                else:
+                    row.append({"id": token_id, "text": text[start:stop], "special": False, "start": start, "stop": stop})
+            out.append(row)
+        return out
+
+    def decode(self, ids: Sequence[Sequence[int]], skip_special_tokens: bool) -> list[str]:
+        """TEI's /decode: each list of this model's ids -> text."""
+        for i, seq in enumerate(ids):
+            self._check_ids(seq, f"ids[{i}]")
+        return self._inspector.decode_batch([list(seq) for seq in ids], skip_special_tokens=skip_special_tokens)
+
+    def _check_ids(self, seq: Sequence[int], where: str) -> None:
+        # Checked as Python ints, before numpy: 2**70 must be refused, not overflow int64.
+        for j, token in enumerate(seq):
+            if not 0 <= token < self.vocab_size:
+                raise InvalidInputError(
+                    f"{where}[{j}] = {token} is not a token id of this model (valid ids are 0..{self.vocab_size - 1})"
+                )
+
     def tokenize_ids(self, ids: Sequence[Sequence[int]]) -> Encoded: ...
 
     def tokenize_pairs(self, query: str, documents: Sequence[str], truncate: str) -> Encoded: ...
 
     def run(self, key: Hashable, rows: list[Row]) -> np.ndarray: ...
+
+    def tokens(self, texts: Sequence[str], add_special_tokens: bool) -> list[list[dict]]: ...
+
+    def decode(self, ids: Sequence[Sequence[int]], skip_special_tokens: bool) -> list[str]: ...
 
 
 def rows_of(encoded: Encoded) -> list[Row]:
@@ -92,11 +126,43 @@ class OnnxBackend:
         self.max_length = self._model.max_length
         self.variant = self._model.variant
         self.provider = self._model.provider
-        self.vocab_size = _vocab_size(self._model.folder)
+        # A tokenizer of its own, never truncating: /tokenize shows the whole input, as TEI's does.
+        self._inspector = _plain_tokenizer(self._model.folder)
+        self.vocab_size = self._inspector.get_vocab_size(with_added_tokens=True)
 
     # ---- admission (thread-pool threads) ------------------------------------------------------------
     def tokenize(self, texts: Sequence[str], truncate: str) -> Encoded:
         return self._model.tokenizer.encode(list(texts), check_policy(truncate))
+
+    def tokens(self, texts: Sequence[str], add_special_tokens: bool) -> list[list[dict]]:
+        """TEI's /tokenize: per text, its tokens as {id, text, special, start, stop} (character offsets;
+        special tokens carry their own text and no offsets)."""
+        out = []
+        for text, encoding in zip(texts, self._inspector.encode_batch(list(texts), add_special_tokens=add_special_tokens)):
+            row = []
+            for token_id, token, (start, stop), special in zip(
+                encoding.ids, encoding.tokens, encoding.offsets, encoding.special_tokens_mask
+            ):
+                if special:
+                    row.append({"id": token_id, "text": token, "special": True, "start": None, "stop": None})
+                else:
+                    row.append({"id": token_id, "text": text[start:stop], "special": False, "start": start, "stop": stop})
+            out.append(row)
+        return out
+
+    def decode(self, ids: Sequence[Sequence[int]], skip_special_tokens: bool) -> list[str]:
+        """TEI's /decode: each list of this model's ids -> text."""
+        for i, seq in enumerate(ids):
+            self._check_ids(seq, f"ids[{i}]")
+        return self._inspector.decode_batch([list(seq) for seq in ids], skip_special_tokens=skip_special_tokens)
+
+    def _check_ids(self, seq: Sequence[int], where: str) -> None:
+        # Checked as Python ints, before numpy: 2**70 must be refused, not overflow int64.
+        for j, token in enumerate(seq):
+            if not 0 <= token < self.vocab_size:
+                raise InvalidInputError(
+                    f"{where}[{j}] = {token} is not a token id of this model (valid ids are 0..{self.vocab_size - 1})"
+                )
 
     def tokenize_ids(self, ids: Sequence[Sequence[int]]) -> Encoded:
         """Token ids given by the client, taken as the whole sequence (special tokens included)."""
@@ -109,13 +175,7 @@ class OnnxBackend:
                     f"input[{i}] has {len(seq)} token ids, more than the model's max length of "
                     f"{self.max_length}; token ids are never truncated, send fewer"
                 )
-            # Checked as Python ints, before numpy: 2**70 must be refused, not overflow int64.
-            for j, token in enumerate(seq):
-                if not 0 <= token < self.vocab_size:
-                    raise InvalidInputError(
-                        f"input[{i}][{j}] = {token} is not a token id of this model "
-                        f"(valid ids are 0..{self.vocab_size - 1})"
-                    )
+            self._check_ids(seq, f"input[{i}]")
             arrays.append(np.asarray(seq, dtype=np.int64))
         lengths = tuple(len(a) for a in arrays)
         return Encoded(ids=arrays, type_ids=[np.zeros_like(a) for a in arrays], truncated=(), original_lengths=lengths)
@@ -133,14 +193,7 @@ class OnnxBackend:
             original_lengths=tuple(len(r[0]) for r in rows),
         )
         if key[0] == EMBED:
-            normalize = key[1]
-            pooling = self.manifest.pooling
-
-            def postprocess(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
-                # The same steps as Embedder.encode.
-                vectors = pool(pooling, hidden, mask).astype(np.float32, copy=False)
-                return l2_normalize(vectors) if normalize else vectors
-
+            postprocess = embedding_postprocess(self.manifest.pooling, key[1])  # the same steps as Embedder.encode
             return self._model.run_encoded(encoded, self.max_batch_size, postprocess, False, "serve")
         if key[0] == SCORE:
             logits = self._model.run_encoded(
@@ -150,7 +203,10 @@ class OnnxBackend:
         raise ValueError(f"unknown batch key {key!r}")
 
 
-def _vocab_size(folder: Path) -> int:
+def _plain_tokenizer(folder: Path):
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_file(str(folder / "tokenizer.json")).get_vocab_size(with_added_tokens=True)
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    return tokenizer

@@ -10,7 +10,9 @@ are not padded to each other's length and memory stays bounded.
 
 The model runs in the worker thread: the event loop only enqueues and awaits a future, so it keeps
 answering /health, /metrics and new requests while a batch runs. When a merged batch fails, each job in
-it is re-run alone, so one request's bad input cannot fail its neighbours.
+it is re-run alone, so one request's bad input cannot fail its neighbours. A run that raises answers its
+requests with a typed error (InferenceError 500, BackendUnavailableError 503) and the worker goes on with
+the next batch; `failing` reports a backend whose runs keep failing, for /health.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any, Callable, Hashable, Sequence
 import numpy as np
 
 from ..errors import GteOnnxError, OverloadedError
-from .errors import ShuttingDownError
+from .errors import ShuttingDownError, inference_error
 from .metrics import Metrics
 
 log = logging.getLogger("gte_onnx.server")
@@ -72,6 +74,7 @@ class Batcher:
         max_batch_tokens: int,
         max_concurrent_requests: int,
         metrics: Metrics | None = None,
+        unhealthy_after: int = 3,
     ):
         self._run = run
         self.max_batch_tokens = int(max_batch_tokens)
@@ -82,6 +85,8 @@ class Batcher:
         self._thread: threading.Thread | None = None
         self._stopping = False
         self.in_flight = 0  # admitted requests; touched only on the event loop thread
+        self.unhealthy_after = int(unhealthy_after)
+        self.consecutive_failures = 0  # model runs in a row that raised; a success resets it
 
     # ---- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -105,6 +110,11 @@ class Batcher:
     @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and not self._stopping
+
+    @property
+    def failing(self) -> bool:
+        """The last `unhealthy_after` model runs all raised: the backend, not one input, is broken."""
+        return self.consecutive_failures >= self.unhealthy_after
 
     @property
     def queued_items(self) -> int:
@@ -191,16 +201,20 @@ class Batcher:
         try:
             out = self._run(key, items)
         except Exception as exc:
+            if not isinstance(exc, GteOnnxError):
+                self.consecutive_failures += 1
             if len(taken) > 1:
                 # Isolate the failure: each job's slice alone, so only the guilty job gets the error.
                 for part in taken:
                     self._run_batch(key, [part])
                 return
             job = taken[0][0]
-            if not isinstance(exc, GteOnnxError):  # typed errors are the client's; others are bugs
+            if not isinstance(exc, GteOnnxError):  # typed errors are the client's; others are the backend's
                 log.exception("batch of %d inputs failed", len(items))
+                exc = inference_error(exc)
             self._fail(job, exc)
             return
+        self.consecutive_failures = 0
         if self._metrics is not None:
             tokens = sum(int(job.costs[i]) for job, start, stop in taken for i in range(start, stop))
             self._metrics.record_batch(len(items), tokens, time.perf_counter() - started)

@@ -16,6 +16,7 @@ from .backend import SCORE_KEY, Backend, embed_key, rows_of
 from .batcher import Batcher
 from .errors import ModelNotFoundError, WrongModelTaskError
 from .settings import ServerSettings
+from .token_ids import decode_tiktoken_ids
 
 
 def param_error(error: InvalidInputError, param: str) -> InvalidInputError:
@@ -42,16 +43,27 @@ class Engine:
         if task == "rerank" and self.backend.dim != 1:
             raise WrongModelTaskError(f"{route} needs a one-label reranker; this model has {self.backend.dim} labels")
 
-    def check_model(self, name: Optional[str]) -> None:
-        if name is not None and name not in self.settings.served_names:
-            raise param_error(
-                ModelNotFoundError(
-                    f"model {name!r} is not served here; use {self.settings.model_name!r}"
-                    + (f" or an alias {list(self.settings.aliases)}" if self.settings.aliases else "")
-                    + " (start the server with --alias to accept other names)"
-                ),
-                "model",
-            )
+    def served_name(self, name: Optional[str]) -> str:
+        """The name to answer with: the requested one when it is served here (the model name or an alias),
+        else the model's own name; with strict_model_name, other names are refused (404)."""
+        if name is None:
+            return self.settings.model_name
+        if name in self.settings.served_names:
+            return name
+        if not self.settings.strict_model_name:
+            return self.settings.model_name
+        raise param_error(
+            ModelNotFoundError(
+                f"model {name!r} is not served here; use {self.settings.model_name!r}"
+                + (f" or an alias {list(self.settings.aliases)}" if self.settings.aliases else "")
+                + " (start the server with --alias to accept other names, or without --strict-model-name)"
+            ),
+            "model",
+        )
+
+    def token_id_encoding(self, model: Optional[str]) -> Optional[str]:
+        """The tiktoken encoding of token ids sent for `model`, or None for this model's own ids."""
+        return self.settings.token_ids.encoding_for(model)
 
     def check_dimensions(self, dimensions: Optional[int]) -> None:
         if dimensions is not None and dimensions != self.backend.dim:
@@ -107,10 +119,18 @@ class Engine:
         return "start" if direction.lower() == "left" else "end"
 
     # ---- the inference path ---------------------------------------------------------------------------
-    async def embed(self, items: list, token_ids: bool, normalize: bool, truncate: str) -> tuple[np.ndarray, int]:
+    async def embed(
+        self, items: list, token_ids: bool, normalize: bool, truncate: str, tiktoken: Optional[str] = None
+    ) -> tuple[np.ndarray, int]:
+        """Vectors and the token count. Token ids are this model's, or, with `tiktoken` (an encoding name),
+        ids of that encoding: decoded to their text, which is then embedded like any text."""
         from starlette.concurrency import run_in_threadpool
 
         with self.batcher.admit():
+            if token_ids and tiktoken:
+                items = await run_in_threadpool(decode_tiktoken_ids, items, tiktoken, "input")
+                self.check_texts(items, "input")
+                token_ids = False
             if token_ids:
                 encoded = await run_in_threadpool(self.backend.tokenize_ids, items)
             else:
@@ -130,3 +150,34 @@ class Engine:
         with self.batcher.admit():
             encoded = await run_in_threadpool(self.backend.tokenize_pairs, query, documents, truncate)
             return await self.batcher.submit(SCORE_KEY, rows_of(encoded), encoded.lengths)
+
+    async def probe(self) -> None:
+        """One tiny model run through the queue (what /health asks of a backend that has been failing)."""
+        from starlette.concurrency import run_in_threadpool
+
+        if self.backend.task == "rerank":
+            encoded = await run_in_threadpool(self.backend.tokenize_pairs, "health", ["check"], "end")
+            key = SCORE_KEY
+        else:
+            encoded = await run_in_threadpool(self.backend.tokenize, ["health check"], "end")
+            key = embed_key(False)
+        await self.batcher.submit(key, rows_of(encoded), encoded.lengths)
+
+    # ---- TEI's tokenizer routes (no model run) ----------------------------------------------------------
+    async def tokens(self, value: Any, add_special_tokens: bool) -> list[list[dict]]:
+        from starlette.concurrency import run_in_threadpool
+
+        texts = [value] if isinstance(value, str) else list(value)
+        if not texts:
+            raise param_error(InvalidInputError("inputs is empty: send at least one text"), "inputs")
+        self.check_count(len(texts), "inputs")
+        return await run_in_threadpool(self.backend.tokens, texts, add_special_tokens)
+
+    async def decode(self, ids: list, skip_special_tokens: bool) -> list[str]:
+        from starlette.concurrency import run_in_threadpool
+
+        if not ids:
+            raise param_error(InvalidInputError("ids is empty: send at least one token id"), "ids")
+        batch = [ids] if isinstance(ids[0], int) else list(ids)
+        self.check_count(len(batch), "ids")
+        return await run_in_threadpool(self.backend.decode, batch, skip_special_tokens)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..errors import GteOnnxError, InvalidInputError
+from ..errors import BackendUnavailableError, GteOnnxError, InferenceError, InvalidInputError
 
 log = logging.getLogger("gte_onnx.server")
 
@@ -40,6 +40,24 @@ class ShuttingDownError(GteOnnxError, RuntimeError):
     code = "shutting_down"
 
 
+# ONNX Runtime's error classes (onnxruntime.capi.onnxruntime_pybind11_state) for a device or provider
+# failure; with a failed allocation these are worth a retry later, unlike a broken graph.
+_RESOURCE_ERRORS = ("EPFail",)
+
+
+def inference_error(exc: BaseException) -> InferenceError:
+    """A model run's exception -> the typed error its requests are answered with (500, or 503 to retry)."""
+    detail = f"{type(exc).__name__}: {exc}"
+    if len(detail) > 400:  # ORT messages can carry whole tensor shapes; the log has the rest
+        detail = detail[:400] + "..."
+    resources = isinstance(exc, MemoryError) or type(exc).__name__ in _RESOURCE_ERRORS
+    if resources or "allocat" in str(exc).lower():
+        return BackendUnavailableError(
+            f"the model run failed for want of resources ({detail}); retry later, or send fewer or shorter inputs"
+        )
+    return InferenceError(f"the model run failed ({detail}); the server log has the traceback")
+
+
 # OpenAI's "type" field for each status family; its client maps statuses to exception classes itself.
 _OPENAI_TYPES = {
     400: "invalid_request_error",
@@ -64,6 +82,7 @@ UNION_FIELDS = {
     "input": "must be a string, a list of strings, a list of token ids, or a list of lists of token ids",
     "inputs": "must be a string, a list of strings, a list of token ids, or a list of lists of token ids",
     "documents": "must be a list of strings or of objects {\"text\": string}",
+    "ids": "must be a list of token ids or a list of lists of token ids",
 }
 
 

@@ -14,8 +14,10 @@ from .settings import (
     DEFAULT_MAX_CLIENT_BATCH_SIZE,
     DEFAULT_MAX_CONCURRENT_REQUESTS,
     DEFAULT_PAYLOAD_LIMIT,
+    DEFAULT_UNHEALTHY_AFTER,
     ServerSettings,
 )
+from .token_ids import TokenIdMode
 
 API_KEY_ENV = "GTE_ONNX_API_KEY"
 
@@ -48,7 +50,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--providers", default=None, help="execution providers, comma-separated (default: best available)")
     parser.add_argument("--threads", type=positive_int, default=None, help="ONNX Runtime intra-op threads (default: physical cores)")
     parser.add_argument("--model-name", default=None, help="name in /v1/models and responses (default: the source model id)")
-    parser.add_argument("--alias", action="append", default=[], help="another accepted model name (repeatable)")
+    parser.add_argument("--alias", action="append", default=[], help="another name listed and echoed (repeatable)")
+    parser.add_argument("--strict-model-name", action="store_true",
+                        help="refuse (404) a request naming a model other than --model-name or an --alias; "
+                        "by default any name is accepted and answered as the served model")
+    parser.add_argument("--token-ids", default="auto", metavar="auto|model|tiktoken[:ENCODING]",
+                        help="what token ids sent to /v1/embeddings are: auto (default) decodes them with tiktoken "
+                        "when the request names an OpenAI model (text-embedding-3-small...), else takes them as "
+                        "this model's ids; model: always this model's ids; tiktoken[:ENCODING]: always tiktoken "
+                        "ids (ENCODING, else the requested model's, else cl100k_base)")
     parser.add_argument("--max-batch-tokens", type=positive_int, default=DEFAULT_MAX_BATCH_TOKENS,
                         help="tokens taken from the queue per step, and padded tokens (rows x longest) per model run")
     parser.add_argument("--max-batch-size", type=positive_int, default=DEFAULT_MAX_BATCH_SIZE,
@@ -60,6 +70,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--payload-limit", type=positive_int, default=DEFAULT_PAYLOAD_LIMIT, help="request body bytes; more -> 413")
     parser.add_argument("--truncate", choices=("end", "start", "error"), default="end",
                         help="over-long inputs when the request does not say (error -> 413)")
+    parser.add_argument("--unhealthy-after", type=positive_int, default=DEFAULT_UNHEALTHY_AFTER,
+                        help="/health answers 503 once this many model runs in a row have failed (and a probe fails)")
     parser.add_argument("--graceful-timeout", type=float, default=30.0,
                         help="seconds to finish in-flight requests after SIGTERM/SIGINT")
     from ..cli import add_model_source_options
@@ -93,6 +105,9 @@ def build_app(args: argparse.Namespace):
         max_client_batch_size=args.max_client_batch_size,
         payload_limit=args.payload_limit,
         truncate=args.truncate,
+        strict_model_name=args.strict_model_name,
+        token_ids=TokenIdMode.parse(args.token_ids),
+        unhealthy_after=args.unhealthy_after,
     )
     return create_app(backend, settings), backend, settings
 

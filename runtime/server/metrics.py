@@ -48,6 +48,7 @@ class Metrics:
             "gte_onnx_requests_in_flight": "Requests admitted and not yet answered",
             "gte_onnx_queue_inputs": "Inputs waiting for the worker",
             "gte_onnx_model_info": "The served model (value is always 1)",
+            "gte_onnx_consecutive_failed_batches": "Model runs in a row that raised (0 after a success)",
         }
         for name, text in gauges.items():
             self._help[name] = ("gauge", text)

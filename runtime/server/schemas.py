@@ -82,6 +82,26 @@ class TeiRank(BaseModel):
     text: Optional[str] = None
 
 
+# ---- TEI: POST /tokenize, POST /decode ------------------------------------------------------------------
+class TokenizeRequest(_Request):
+    inputs: Union[StrictStr, list[StrictStr]]
+    add_special_tokens: StrictBool = True
+    prompt_name: Optional[StrictStr] = Field(None, description="gte has no prompts; any value is refused.")
+
+
+class SimpleToken(BaseModel):
+    id: int
+    text: str
+    special: bool
+    start: Optional[int] = Field(None, description="Character offset in the input; null for special tokens.")
+    stop: Optional[int] = None
+
+
+class DecodeRequest(_Request):
+    ids: Union[list[StrictInt], list[list[StrictInt]]]
+    skip_special_tokens: StrictBool = True
+
+
 # ---- Cohere: POST /v1/rerank --------------------------------------------------------------------------
 class CohereDocument(_Request):
     text: StrictStr
@@ -121,7 +141,8 @@ class ModelList(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
+    status: str  # "ok" | "failing" | "unavailable"
+    detail: Optional[str] = None
 
 
 class Info(BaseModel):

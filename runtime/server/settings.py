@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..errors import InvalidInputError
 from ..tokenize import TRUNCATE_POLICIES
+from .token_ids import TokenIdMode
 
-# TEI's defaults, except max_client_batch_size: OpenAI clients (langchain, llama-index) send hundreds of
-# inputs per request, and the token-budget queue bounds memory whatever the request size.
+# TEI's defaults, except the request size: OpenAI clients send what OpenAI accepts (LangChain: up to 1000
+# inputs and 300,000 tokens per request, as token ids of up to 8 bytes each in JSON), and the token-budget
+# queue bounds memory whatever the request size.
 DEFAULT_MAX_BATCH_TOKENS = 16384
 DEFAULT_MAX_CONCURRENT_REQUESTS = 512
-DEFAULT_MAX_CLIENT_BATCH_SIZE = 256
-DEFAULT_PAYLOAD_LIMIT = 2_000_000  # bytes of request body (TEI's default); the tokenizer never sees more
+DEFAULT_MAX_CLIENT_BATCH_SIZE = 2048  # OpenAI's own limit of inputs per request
+DEFAULT_PAYLOAD_LIMIT = 4_000_000  # bytes of request body; the tokenizer never sees more
+# /health turns 503 after this many model runs in a row have failed, and back to 200 after one succeeds.
+DEFAULT_UNHEALTHY_AFTER = 3
 
 
 @dataclass(frozen=True)
@@ -26,11 +30,17 @@ class ServerSettings:
     payload_limit: int = DEFAULT_PAYLOAD_LIMIT
     # Truncation for requests that do not choose (OpenAI's API has no such field; TEI's truncate=null).
     truncate: str = "end"
+    # False: any model name is accepted and answered as model_name (TEI's way; apps send the name they were
+    # written for). True: only model_name and the aliases, others are 404.
+    strict_model_name: bool = False
+    token_ids: TokenIdMode = field(default_factory=TokenIdMode)
+    unhealthy_after: int = DEFAULT_UNHEALTHY_AFTER
 
     def __post_init__(self) -> None:
         if not self.model_name:
             raise InvalidInputError("the model name must not be empty")
-        for name in ("max_batch_tokens", "max_concurrent_requests", "max_client_batch_size", "payload_limit"):
+        for name in ("max_batch_tokens", "max_concurrent_requests", "max_client_batch_size", "payload_limit",
+                     "unhealthy_after"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")

@@ -23,6 +23,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "bench": ("gte_onnx.bench.cli:main", "benchmark variants x providers x shapes [bench]"),
     "serve": ("gte_onnx.server.main:main", "HTTP server: OpenAI, TEI and Cohere APIs [server]"),
     "info": ("gte_onnx.cli:info_main", "print a model folder's manifest summary"),
+    "doctor": ("gte_onnx.doctor:main", "onnxruntime wheels, providers, CUDA libraries, CPU flags; auto's pick"),
 }
 
 

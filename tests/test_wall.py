@@ -1,4 +1,4 @@
-"""The runtime's wall: runtime/ never imports torch, transformers or the export/quantize/parity/bench rooms,
+"""The runtime's wall: runtime/ never imports torch, transformers or the export/quantize/parity/bench subpackages,
 and a fresh environment with only `.[cpu]` installed embeds texts while `import torch` fails there."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN_TOP = {"torch", "transformers", "optimum", "sentence_transformers", "onnx", "onnxscript"}
-FORBIDDEN_ROOMS = {"export", "quantize", "parity", "bench"}
+FORBIDDEN_SUBPACKAGES = {"export", "quantize", "parity", "bench"}
 
 
 def runtime_imports():
@@ -47,14 +47,14 @@ def test_runtime_never_imports_torch_side_packages():
         seen += 1
         top = module.split(".")[0]
         parts = module.split(".")
-        if top in FORBIDDEN_TOP or (top == "gte_onnx" and len(parts) > 1 and parts[1] in FORBIDDEN_ROOMS):
+        if top in FORBIDDEN_TOP or (top == "gte_onnx" and len(parts) > 1 and parts[1] in FORBIDDEN_SUBPACKAGES):
             offenders.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
     assert seen > 20, "the scan found too few imports: is it reading runtime/?"
     assert not offenders, "\n".join(offenders)
 
 
 def test_the_scan_catches_a_forbidden_import(tmp_path, monkeypatch):
-    # The scan must be able to fail: plant a file that imports torch lazily and one relative room import.
+    # The scan must be able to fail: plant a file that imports torch lazily and one relative import of a subpackage.
     bad = ROOT / "runtime" / "_wall_probe_tmp.py"
     bad.write_text("def f():\n    import torch\n    from .export import onnx_export\n", encoding="utf-8")
     try:

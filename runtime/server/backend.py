@@ -93,7 +93,7 @@ class OnnxBackend:
         self.max_length = self._model.max_length
         self.variant = self._model.variant
         self.provider = self._model.provider
-        self.vocab_size = _vocab_size(self._model.folder)
+        self.vocab_size = self._model.tokenizer.vocab_size  # the loaded tokenizer's, added tokens included
 
     # ---- admission (thread-pool threads) ------------------------------------------------------------
     def tokenize(self, texts: Sequence[str], truncate: str) -> Encoded:
@@ -149,9 +149,3 @@ class OnnxBackend:
             )
             return logits[:, 0] if logits.ndim == 2 else logits
         raise ValueError(f"unknown batch key {key!r}")
-
-
-def _vocab_size(folder: Path) -> int:
-    from tokenizers import Tokenizer
-
-    return Tokenizer.from_file(str(folder / "tokenizer.json")).get_vocab_size(with_added_tokens=True)

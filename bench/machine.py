@@ -13,49 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-# CPU flags (as /proc/cpuinfo spells them) that change which kernels ORT and PyTorch can use.
-INTERESTING_FLAGS = (
-    "avx2",
-    "fma",
-    "avx512f",
-    "avx512bw",
-    "avx512_vnni",
-    "avx_vnni",
-    "avx512_bf16",
-    "avx512_fp16",
-    "amx_tile",
-    "amx_int8",
-    "amx_bf16",
-)
-
-
-def _cpuinfo() -> tuple[str | None, set[str], int | None]:
-    """(model name, flags, physical core count) from /proc/cpuinfo; (None, set(), None) elsewhere."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return None, set(), None
-    model = None
-    flags: set[str] = set()
-    cores: set[tuple[str, str]] = set()
-    physical_id = core_id = None
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        key, value = key.strip(), value.strip()
-        if key == "model name" and model is None:
-            model = value
-        elif key == "flags" and not flags:
-            flags = set(value.split())
-        elif key == "physical id":
-            physical_id = value
-        elif key == "core id":
-            core_id = value
-        elif not key and physical_id is not None and core_id is not None:
-            cores.add((physical_id, core_id))
-            physical_id = core_id = None
-    if physical_id is not None and core_id is not None:
-        cores.add((physical_id, core_id))
-    return model, flags, (len(cores) or None)
+from ..cpu import INTERESTING_FLAGS, read_cpuinfo, usable_cpus
 
 
 def _total_memory_bytes() -> int | None:
@@ -82,11 +40,9 @@ def _ort_info() -> dict[str, Any]:
 
 def describe_machine() -> dict[str, Any]:
     """The machine record stored in the benchmark JSON."""
-    model, flags, physical = _cpuinfo()
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        usable = os.cpu_count()
+    cpu = read_cpuinfo()
+    model, flags, physical = cpu.model, cpu.flags, cpu.physical_cores
+    usable = usable_cpus()
     try:
         load = list(os.getloadavg())
     except (AttributeError, OSError):

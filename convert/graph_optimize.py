@@ -51,10 +51,20 @@ def _ort():
     return ort
 
 
+def _nodes(graph):
+    """Every node of `graph` and of the subgraphs its nodes hold (If branches), depth first."""
+    for node in graph.node:
+        yield node
+        for attribute in node.attribute:
+            for subgraph in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
+                yield from _nodes(subgraph)
+
+
 def non_portable_ops(model) -> list[str]:
-    """Ops of `model` (a ModelProto) outside the standard domain that are not in PORTABLE_CONTRIB_OPS."""
+    """Ops of `model` (a ModelProto, If branches included) outside the standard domain that are not in
+    PORTABLE_CONTRIB_OPS."""
     found = set()
-    for node in model.graph.node:
+    for node in _nodes(model.graph):
         if node.domain in ("", "ai.onnx"):
             continue
         if node.domain == "com.microsoft" and node.op_type in PORTABLE_CONTRIB_OPS:
@@ -64,9 +74,10 @@ def non_portable_ops(model) -> list[str]:
 
 
 def op_counts(model) -> dict[str, int]:
-    """{op_type (domain-qualified when not standard): count} of the top-level graph."""
+    """{op_type (domain-qualified when not standard): count} of the graph, If branches included (the
+    attention of every layer sits in one)."""
     counts: dict[str, int] = {}
-    for node in model.graph.node:
+    for node in _nodes(model.graph):
         key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}:{node.op_type}"
         counts[key] = counts.get(key, 0) + 1
     return dict(sorted(counts.items()))

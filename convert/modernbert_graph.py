@@ -504,6 +504,9 @@ def write_graph(parts: Parts, task: str, onnx_path: Path, opset: int | None = No
             "graph": "gte-onnx windowed modernbert",
             "local_block": window,
             "optimization": "onnxruntime extended, offline",
+            # What the saved graph holds: tests derive the expected attention / Gelu / LayerNorm counts
+            # from the config, so an onnxruntime that stops fusing (or unfuses) is caught.
+            "op_counts": ops,
         },
         "global_layers": summary["global_layers"],
         "local_layers": summary["local_layers"],

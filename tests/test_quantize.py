@@ -25,7 +25,7 @@ PROBE_ONLY = QuantizeOptions(evaluation="probe", threads=1)
 
 
 def _copy(folder: Path, dst: Path) -> Path:
-    """A private copy: the conftest fixture folders are shared by every room's tests."""
+    """A private copy: the conftest fixture folders are shared by every test file."""
     shutil.copytree(folder, dst, ignore=shutil.ignore_patterns("model_*.onnx"))
     manifest = Manifest.load(dst)
     manifest.replace(variants={"fp32": manifest.variants["fp32"]}).save(dst)

@@ -1,4 +1,4 @@
-"""The walls: runtime/ never imports torch, transformers or the export/quantize/parity/bench rooms (and the
+"""The walls: runtime/ never imports torch, transformers or the export/quantize/parity/bench subpackages (and the
 torch-free converter only lazily, inside the functions that convert); convert/ never imports torch,
 transformers or gte_onnx.export; a fresh environment with only `.[cpu]` installed converts a safetensors
 checkpoint and embeds texts while `import torch` fails there."""
@@ -16,10 +16,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN_TOP = {"torch", "transformers", "optimum", "sentence_transformers", "onnx", "onnxscript"}
-FORBIDDEN_ROOMS = {"export", "quantize", "parity", "bench"}
-LAZY_ONLY_ROOMS = {"convert"}  # the runtime may call the converter, but never loads it at import time
+FORBIDDEN_SUBPACKAGES = {"export", "quantize", "parity", "bench"}
+LAZY_ONLY_SUBPACKAGES = {"convert"}  # the runtime may call the converter, but never loads it at import time
 CONVERT_FORBIDDEN_TOP = {"torch", "transformers", "optimum", "sentence_transformers", "onnxscript"}
-CONVERT_FORBIDDEN_ROOMS = {"export"}
+CONVERT_FORBIDDEN_SUBPACKAGES = {"export"}
 
 
 def _module_level(tree) -> set[int]:
@@ -38,12 +38,12 @@ def _module_level(tree) -> set[int]:
     return found
 
 
-def runtime_imports(room: str = "runtime", package: str = "gte_onnx", with_level: bool = False):
-    """(path, line, module) of every import in the room's files, lazy ones included; with_level adds
+def runtime_imports(subpackage: str = "runtime", package: str = "gte_onnx", with_level: bool = False):
+    """(path, line, module) of every import in the subpackage's files, lazy ones included; with_level adds
     whether the import runs at module level."""
-    for path in sorted((ROOT / room).rglob("*.py")):
+    for path in sorted((ROOT / subpackage).rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        depth_of_pkg = len(path.relative_to(ROOT / room).parts) - 1  # 0 for runtime/x.py
+        depth_of_pkg = len(path.relative_to(ROOT / subpackage).parts) - 1  # 0 for runtime/x.py
         top_level = _module_level(tree)
         for node in ast.walk(tree):
             extra = (id(node) in top_level,) if with_level else ()
@@ -54,8 +54,8 @@ def runtime_imports(room: str = "runtime", package: str = "gte_onnx", with_level
                 if node.level == 0:
                     yield (path, node.lineno, node.module or "", *extra)
                 else:
-                    # resolve the relative import against the room's package (runtime/ = gte_onnx)
-                    parts = package.split(".") + list(path.relative_to(ROOT / room).parts[:-1])
+                    # resolve the relative import against the subpackage's package (runtime/ = gte_onnx)
+                    parts = package.split(".") + list(path.relative_to(ROOT / subpackage).parts[:-1])
                     base = parts[: len(parts) - (node.level - 1)] if node.level - 1 <= depth_of_pkg else ["<outside>"]
                     module = ".".join(base + ([node.module] if node.module else []))
                     if node.module is None:
@@ -72,7 +72,7 @@ def test_runtime_never_imports_torch_side_packages():
         seen += 1
         top = module.split(".")[0]
         parts = module.split(".")
-        if top in FORBIDDEN_TOP or (top == "gte_onnx" and len(parts) > 1 and parts[1] in FORBIDDEN_ROOMS):
+        if top in FORBIDDEN_TOP or (top == "gte_onnx" and len(parts) > 1 and parts[1] in FORBIDDEN_SUBPACKAGES):
             offenders.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
     assert seen > 20, "the scan found too few imports: is it reading runtime/?"
     assert not offenders, "\n".join(offenders)
@@ -82,7 +82,7 @@ def test_runtime_loads_the_converter_only_inside_functions():
     offenders = [
         f"{path.relative_to(ROOT)}:{line} imports {module} at module level"
         for path, line, module, top_level in runtime_imports(with_level=True)
-        if top_level and module.split(".")[:2] in (["gte_onnx", room] for room in LAZY_ONLY_ROOMS)
+        if top_level and module.split(".")[:2] in (["gte_onnx", subpackage] for subpackage in LAZY_ONLY_SUBPACKAGES)
     ]
     assert not offenders, "\n".join(offenders)
 
@@ -94,7 +94,7 @@ def test_convert_never_imports_torch_or_export():
         seen += 1
         parts = module.split(".")
         if parts[0] in CONVERT_FORBIDDEN_TOP or (parts[0] == "gte_onnx" and len(parts) > 1
-                                                  and parts[1] in CONVERT_FORBIDDEN_ROOMS):
+                                                  and parts[1] in CONVERT_FORBIDDEN_SUBPACKAGES):
             offenders.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
     assert seen > 20, "the scan found too few imports: is it reading convert/?"
     assert not offenders, "\n".join(offenders)
@@ -122,7 +122,7 @@ def test_convert_and_what_it_loads_run_with_torch_blocked():
 
 
 def test_the_scan_catches_a_forbidden_import(tmp_path, monkeypatch):
-    # The scan must be able to fail: plant a file that imports torch lazily and one relative room import.
+    # The scan must be able to fail: plant a file that imports torch lazily and one relative import of a subpackage.
     bad = ROOT / "runtime" / "_wall_probe_tmp.py"
     bad.write_text("from .convert import converter\n\ndef f():\n    import torch\n    from .export import onnx_export\n",
                    encoding="utf-8")

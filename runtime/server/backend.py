@@ -128,7 +128,7 @@ class OnnxBackend:
         self.provider = self._model.provider
         # A tokenizer of its own, never truncating: /tokenize shows the whole input, as TEI's does.
         self._inspector = _plain_tokenizer(self._model.folder)
-        self.vocab_size = self._inspector.get_vocab_size(with_added_tokens=True)
+        self.vocab_size = self._model.tokenizer.vocab_size  # the loaded tokenizer's, added tokens included
 
     # ---- admission (thread-pool threads) ------------------------------------------------------------
     def tokenize(self, texts: Sequence[str], truncate: str) -> Encoded:

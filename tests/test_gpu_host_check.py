@@ -1,4 +1,4 @@
-"""The lent-GPU check (scripts/device/) kept from rotting on a machine without a GPU.
+"""The air-gapped GPU host check (dev/gpu-host-check/) kept from rotting on a machine without a GPU.
 
 - the fat binary pruning and the payload round trip, on a synthetic ELF library and wheel;
 - the fail-soft stage runner;
@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DEVICE = ROOT / "scripts" / "device"
-sys.path.insert(0, str(DEVICE))
+KIT = ROOT / "dev" / "gpu-host-check"
+sys.path.insert(0, str(KIT))
 
 import fatbin
 import payload
@@ -117,11 +117,11 @@ def _wheel(path: Path, library: bytes) -> Path:
     return path
 
 
-def test_payload_parts_travel_call_by_call_and_unpack_verified(tmp_path):
+def test_payload_parts_travel_upload_by_upload_and_unpack_verified(tmp_path):
     library, _ = _library()
     library += os.urandom(6000)  # incompressible bytes, so the payload needs several parts
     wheel = _wheel(tmp_path / "onnxruntime_gpu-0.0-cp312-cp312-manylinux_2_28_x86_64.whl", library)
-    out = tmp_path / "device-payload" / "slim"
+    out = tmp_path / "gpu-host-payload" / "slim"
     manifest = payload.build(wheel, out, "slim", keep_arch=90, part_size=2048)
     assert len(manifest["parts"]) >= 3 and manifest["prune"]["images_dropped"] == 4
     assert payload.build(wheel, out, "slim", keep_arch=90, part_size=2048) == manifest  # up to date: reused
@@ -132,8 +132,8 @@ def test_payload_parts_travel_call_by_call_and_unpack_verified(tmp_path):
     manifest = payload.build(wheel, out, "slim", keep_arch=90, part_size=2048)
 
     state = tmp_path / "state"
-    for n, part in enumerate(manifest["parts"], start=1):  # each device call carries one part
-        carried = tmp_path / f"call{n}" / "device-payload" / "slim"
+    for n, part in enumerate(manifest["parts"], start=1):  # each upload carries one part
+        carried = tmp_path / f"upload{n}" / "gpu-host-payload" / "slim"
         carried.mkdir(parents=True)
         (carried / payload.MANIFEST).write_bytes((out / payload.MANIFEST).read_bytes())
         (carried / part["name"]).write_bytes((out / part["name"]).read_bytes())
@@ -155,16 +155,16 @@ def test_payload_parts_travel_call_by_call_and_unpack_verified(tmp_path):
         payload.unpack(state / "slim", tmp_path / "wheel")
 
 
-def test_plan_carries_one_part_per_call_and_runs_the_check_last(tmp_path, monkeypatch):
-    folder = tmp_path / "device-payload" / "slim"
+def test_plan_carries_one_part_per_upload_and_runs_the_check_last(tmp_path, monkeypatch):
+    folder = tmp_path / "gpu-host-payload" / "slim"
     folder.mkdir(parents=True)
     parts = [{"name": f"part-{i}", "bytes": 50 << 20, "sha256": "0"} for i in (1, 2, 3)]
     (folder / payload.MANIFEST).write_text(json.dumps({"flavour": "slim", "parts": parts}))
-    calls = payload.plan(folder, root=tmp_path)
-    assert [c["carry"] for c in calls] == [["device-payload/slim/payload.json", f"device-payload/slim/part-{i}"] for i in (1, 2, 3)]
-    assert "--phases stash,prep" in calls[0]["command"] and "--phases stash" in calls[1]["command"]
-    assert "--phases" not in calls[2]["command"]
-    assert all(c["timeout_s"] <= 600 for c in calls)
+    uploads = payload.plan(folder, root=tmp_path)
+    assert [c["files"] for c in uploads] == [["gpu-host-payload/slim/payload.json", f"gpu-host-payload/slim/part-{i}"] for i in (1, 2, 3)]
+    assert "--phases stash,prep" in uploads[0]["command"] and "--phases stash" in uploads[1]["command"]
+    assert "--phases" not in uploads[2]["command"]
+    assert all(c["timeout_s"] <= 600 for c in uploads)
 
 
 # ---- the stage runner -------------------------------------------------------------------------------
@@ -204,7 +204,7 @@ def test_cpu_dry_run_passes_every_stage(tmp_path):
     out = tmp_path / "out"
     env = dict(os.environ, OUT=str(out), PYTHON=sys.executable)
     start = time.perf_counter()
-    done = subprocess.run(["bash", str(DEVICE / "gpu_check.sh"), "--cpu-dry-run", "--state", str(tmp_path / "state")],
+    done = subprocess.run(["bash", str(KIT / "gpu_check.sh"), "--cpu-dry-run", "--state", str(tmp_path / "state")],
                           capture_output=True, text=True, env=env, timeout=300)
     seconds = time.perf_counter() - start
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]

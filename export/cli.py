@@ -6,10 +6,13 @@ import argparse
 import json
 import sys
 
+from ..clierrors import verb_main
 from .validate import DEFAULT_ATOL, DEFAULT_LENGTHS
 
 
+@verb_main
 def main(argv: list[str]) -> int:
+    """Entry point of `gte-onnx export`; failures are reported by the shared CLI policy (gte_onnx.clierrors)."""
     parser = argparse.ArgumentParser(
         prog="gte-onnx export",
         description="Export a transformers checkpoint (hub id or local folder, safetensors) to a validated "
@@ -34,9 +37,16 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         overrides = json.loads(args.config_overrides) if args.config_overrides else None
+    except ValueError as exc:
+        parser.error(f"--config-overrides is not JSON: {exc}")
+    if overrides is not None and not isinstance(overrides, dict):
+        parser.error('--config-overrides must be a JSON object, e.g. \'{"num_hidden_layers": 2}\'')
+    try:
         lengths = [int(x) for x in args.validate_lengths.split(",") if x.strip()]
     except ValueError as exc:
-        parser.error(f"bad option value: {exc}")
+        parser.error(f"--validate-lengths takes comma-separated integers: {exc}")
+    if not lengths or min(lengths) < 1:
+        parser.error("--validate-lengths needs at least one length, each >= 1")
     from .onnx_export import export_model
 
     export_model(

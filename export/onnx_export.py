@@ -10,10 +10,13 @@ import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from gte_onnx.errors import MissingDependencyError
 from gte_onnx.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, Variant, describe_file
+from gte_onnx.session import INSTALL_HINT
 
 from .checkpoint import (
     Checkpoint,
+    CheckpointError,
     copy_model_files,
     load_checkpoint,
     read_max_length,
@@ -24,6 +27,19 @@ from .validate import DEFAULT_ATOL, DEFAULT_LENGTHS, validate_export
 
 DEFAULT_OPSET = 17
 MODEL_FILE = "model.onnx"
+
+
+def _import_onnxruntime():
+    """The export validates its graph with ONNX Runtime; the [export] extra does not pull it in, because the
+    user chooses between the CPU and the GPU wheel (installing both breaks CUDA)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MissingDependencyError(
+            "gte-onnx export validates the ONNX graph with ONNX Runtime, which is not installed. "
+            f"Install it with: {INSTALL_HINT}"
+        ) from None
+    return onnxruntime
 
 
 def tool_versions() -> dict[str, str]:
@@ -128,7 +144,7 @@ def export_model(
 ) -> Path:
     """Export MODEL to OUT_DIR and validate it against PyTorch; the manifest is written last, so a folder
     with a manifest is always a validated one."""
-    import onnxruntime as ort
+    ort = _import_onnxruntime()
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -141,7 +157,7 @@ def export_model(
 
     copied = copy_model_files(ckpt.folder, out)
     if "tokenizer.json" not in copied:
-        raise FileNotFoundError(f"{ckpt.folder} has no tokenizer.json (a fast tokenizer is required)")
+        raise CheckpointError(f"{ckpt.folder} has no tokenizer.json (a fast tokenizer is required)")
     specials = _special_ids(out / "tokenizer.json")
     max_length = read_max_length(ckpt.folder, ckpt.config)
     pooling, normalize, pooling_source = read_pooling(ckpt.folder, ckpt.task, ckpt.config)

@@ -89,3 +89,18 @@ class UnsupportedModelError(ModelFolderError):
     was found and which forms are supported."""
 
     code = "unsupported_model"
+
+
+class UsageError(GteOnnxError, ValueError):
+    """Bad command-line input: a missing or unreadable --file, a malformed option value."""
+
+    http_status = 422
+    code = "usage_error"
+
+
+class InferenceError(GteOnnxError, RuntimeError):
+    """ONNX Runtime failed while running a graph, or the graph returned an output of the wrong shape; the
+    message names the variant's file and what went wrong."""
+
+    http_status = 500
+    code = "inference_error"

@@ -19,7 +19,13 @@ def mean_pool(hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
     return summed / counts
 
 
-POOLERS = {"cls": cls_pool, "mean": mean_pool}
+def graph_pooled(hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    """pooling "none": the graph already returns one vector per input (the session checks it is (B, H))."""
+    del attention_mask
+    return hidden
+
+
+POOLERS = {"cls": cls_pool, "mean": mean_pool, "none": graph_pooled}
 
 
 def pool(kind: str, hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:

@@ -8,7 +8,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import GteOnnxError, InvalidInputError
+from ..clierrors import verb_main
+from ..errors import InvalidInputError, missing_dependency
 from .measure import RepeatPolicy
 from .shapes import DEFAULT_SHAPES, SHORT_SKIPS, parse_shapes
 
@@ -118,43 +119,33 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str]):
     )
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of `gte-onnx bench`. 0: every cell measured; 1: some failed; 2: bad input."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+@verb_main
+def main(argv: Sequence[str]) -> int:
+    """Entry point of `gte-onnx bench`. 0: every cell measured; 1: some failed; 2: bad input (the shared CLI
+    policy of gte_onnx.clierrors reports it)."""
+    argv = list(argv)
     args = build_parser().parse_args(argv)
-    try:
-        from .ranking import record_ranking
-        from .report import format_report, plot, write_json
-        from .runner import run_bench
+    from .ranking import record_ranking
+    from .report import format_report, plot, write_json
+    from .runner import run_bench
 
-        config = config_from_args(args, argv)
-        if args.plot:
-            try:
-                import matplotlib  # noqa: F401 - fail before a long run, not after it
-            except ImportError:
-                from ..errors import missing_dependency
-
-                raise missing_dependency("matplotlib", "bench", "gte-onnx bench --plot") from None
-        result = run_bench(config)
-        print(format_report(result))
-        if args.json:
-            print(f"wrote {write_json(result, args.json)}")
-        if args.plot:
-            print(f"wrote {plot(result, args.plot)}")
-        if args.record:
-            updated = record_ranking(config.folder, result["ranking"])
-            for provider, names in result["ranking"].items():
-                if names:
-                    print(f"recorded speed_ranking[{provider}] = {list(updated.speed_ranking[provider])}")
-    except GteOnnxError as exc:
-        print(f"gte-onnx bench: error: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:  # an unwritable --json/--plot path, a vanished folder
-        print(f"gte-onnx bench: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("gte-onnx bench: interrupted", file=sys.stderr)
-        return 130
+    config = config_from_args(args, argv)
+    if args.plot:
+        try:
+            import matplotlib  # noqa: F401 - fail before a long run, not after it
+        except ImportError:
+            raise missing_dependency("matplotlib", "bench", "gte-onnx bench --plot") from None
+    result = run_bench(config)
+    print(format_report(result))
+    if args.json:
+        print(f"wrote {write_json(result, args.json)}")
+    if args.plot:
+        print(f"wrote {plot(result, args.plot)}")
+    if args.record:
+        updated = record_ranking(config.folder, result["ranking"])
+        for provider, names in result["ranking"].items():
+            if names:
+                print(f"recorded speed_ranking[{provider}] = {list(updated.speed_ranking[provider])}")
     failed = [r for r in result["results"] if r["error"] is not None]
     return 1 if failed else 0
 

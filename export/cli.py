@@ -11,8 +11,12 @@ from pathlib import Path
 
 from gte_onnx.convert.validation import DEFAULT_ATOL, DEFAULT_LENGTHS, WINDOW_EDGE_LENGTHS
 
+from ..clierrors import verb_main
 
+
+@verb_main
 def main(argv: list[str]) -> int:
+    """Entry point of `gte-onnx export`; failures are reported by the shared CLI policy (gte_onnx.clierrors)."""
     parser = argparse.ArgumentParser(
         prog="gte-onnx export",
         description="Export a transformers checkpoint (hub id or local folder, safetensors) to a validated "
@@ -42,9 +46,18 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         overrides = json.loads(args.config_overrides) if args.config_overrides else None
-        lengths = [int(x) for x in args.validate_lengths.split(",") if x.strip()] if args.validate_lengths else None
     except ValueError as exc:
-        parser.error(f"bad option value: {exc}")
+        parser.error(f"--config-overrides is not JSON: {exc}")
+    if overrides is not None and not isinstance(overrides, dict):
+        parser.error('--config-overrides must be a JSON object, e.g. \'{"num_hidden_layers": 2}\'')
+    lengths = None
+    if args.validate_lengths:
+        try:
+            lengths = [int(x) for x in args.validate_lengths.split(",") if x.strip()]
+        except ValueError as exc:
+            parser.error(f"--validate-lengths takes comma-separated integers: {exc}")
+        if not lengths or min(lengths) < 1:
+            parser.error("--validate-lengths needs at least one length, each >= 1")
     if args.no_torch or not torch_available():
         return convert_main(parser, args, lengths)
     from .onnx_export import export_model

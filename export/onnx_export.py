@@ -24,7 +24,9 @@ from gte_onnx.convert.folder import (
     tool_versions,
     write_manifest,
 )
+from gte_onnx.errors import MissingDependencyError
 from gte_onnx.manifest import MANIFEST_NAME
+from gte_onnx.session import INSTALL_HINT
 
 from .checkpoint import Checkpoint, load_checkpoint, read_max_length, read_pooling, save_checkpoint
 from .validate import DEFAULT_ATOL, DEFAULT_LENGTHS, validate_export
@@ -108,8 +110,21 @@ def export_graph(checkpoint: Checkpoint, onnx_path: Path, attention: str = "auto
     return export_generic(checkpoint.model, checkpoint.task, onnx_path)
 
 
+def _import_onnxruntime():
+    """The export validates its graph with ONNX Runtime; the [export] extra does not pull it in, because the
+    user chooses between the CPU and the GPU wheel (installing both breaks CUDA)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MissingDependencyError(
+            "gte-onnx export validates the ONNX graph with ONNX Runtime, which is not installed. "
+            f"Install it with: {INSTALL_HINT}"
+        ) from None
+    return onnxruntime
+
+
 def _session(path: Path):
-    import onnxruntime as ort
+    ort = _import_onnxruntime()
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -175,6 +190,7 @@ def export_model(
 ) -> Path:
     """Export MODEL to OUT_DIR and validate it against PyTorch; the manifest is written last, so a folder
     with a manifest is always a validated one."""
+    _import_onnxruntime()  # fail before the slow part when the validation could not run
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_NAME).unlink(missing_ok=True)

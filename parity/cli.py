@@ -10,14 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from gte_onnx.errors import GteOnnxError
-
-
-class UsageError(GteOnnxError, ValueError):
-    """Bad command-line input: a missing file, an unknown data set, a malformed gate override."""
-
-    http_status = 422
-    code = "usage_error"
+from gte_onnx.clierrors import verb_main
+from gte_onnx.errors import GteOnnxError, UsageError
 
 
 def _err(msg: str) -> None:
@@ -39,6 +33,7 @@ def _read_texts(path: str) -> list[str]:
 
 
 # ---- reference --------------------------------------------------------------------------------------------
+@verb_main
 def reference_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="gte-onnx reference",
@@ -81,6 +76,7 @@ def reference_main(argv: list[str]) -> int:
 
 
 # ---- parity -----------------------------------------------------------------------------------------------
+@verb_main
 def parity_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="gte-onnx parity",

@@ -6,7 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from gte_onnx.errors import GteOnnxError
+from gte_onnx.clierrors import verb_main
+from gte_onnx.errors import GteOnnxError, UsageError
 
 EPILOG = """examples:
   gte-onnx quantize ./gte-modernbert-base-onnx                      # fp16, int8, q4
@@ -81,23 +82,22 @@ def _roles(text: str) -> tuple[str, ...]:
     return () if names in ((), ("none",)) else names
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
-    log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+def _options(args):
+    """QuantizeOptions from the parsed arguments; a bad value is a UsageError naming the option."""
+    from gte_onnx.parity.gates import parse_overrides
+
+    from .build import QuantizeOptions
+    from .graph import MIN_WEIGHT_ELEMENTS
+    from .int8 import Int8Options
+    from .q4 import Q4Options
+
+    min_elements = args.min_weight_elements if args.min_weight_elements is not None else MIN_WEIGHT_ELEMENTS
+    if min_elements < 1:
+        raise UsageError("--min-weight-elements must be >= 1")
+    if args.threads is not None and args.threads < 1:
+        raise UsageError("--threads must be >= 1")
     try:
-        from gte_onnx.parity.gates import parse_overrides
-
-        from .build import QuantizeOptions, parse_variants, quantize_folder
-        from .graph import MIN_WEIGHT_ELEMENTS
-        from .int8 import Int8Options
-        from .q4 import Q4Options
-
-        min_elements = args.min_weight_elements if args.min_weight_elements is not None else MIN_WEIGHT_ELEMENTS
-        if min_elements < 1:
-            raise ValueError("--min-weight-elements must be >= 1")
-        if args.threads is not None and args.threads < 1:
-            raise ValueError("--threads must be >= 1")
-        options = QuantizeOptions(
+        return QuantizeOptions(
             int8=Int8Options(method=args.int8_method, per_channel=not args.no_per_channel,
                              reduce_range=args.reduce_range, min_weight_elements=min_elements,
                              quantize_embeddings=not args.float_embeddings,
@@ -111,17 +111,36 @@ def main(argv: Sequence[str] | None = None) -> int:
             threads=args.threads,
             gate_overrides=parse_overrides(args.gate),
         )
-        names = parse_variants(args.variants)
-        manifest = quantize_folder(args.folder, names, options, log)
-        if args.rank:
-            from gte_onnx.bench.ranking import rank_variants
+    except ValueError as exc:  # the options' own checks (roles, gate overrides, ...)
+        if isinstance(exc, GteOnnxError):
+            raise
+        raise UsageError(str(exc)) from None
 
-            log("ranking the variants' speed on the CPU (gte-onnx bench)")
-            ranking = rank_variants(args.folder, provider="CPUExecutionProvider", threads=args.threads, record=True)
-            log("CPUExecutionProvider ranking, fastest first: " + ", ".join(ranking))
-    except (GteOnnxError, ValueError, OSError) as exc:
-        print(f"gte-onnx quantize: error: {exc}", file=sys.stderr)
-        return 2
+
+@verb_main
+def main(argv: Sequence[str]) -> int:
+    """Entry point of `gte-onnx quantize`; errors are reported by the shared CLI policy (gte_onnx.clierrors)."""
+    args = build_parser().parse_args(list(argv))
+    log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    from .build import parse_variants, quantize_folder
+
+    options = _options(args)
+    try:
+        names = parse_variants(args.variants)
+    except ValueError as exc:
+        raise UsageError(f"--variants: {exc}") from None
+    try:
+        manifest = quantize_folder(args.folder, names, options, log)
+    except ValueError as exc:  # the recipe does not fit this model (no weight large enough, table width...)
+        if isinstance(exc, GteOnnxError):
+            raise
+        raise UsageError(f"cannot quantize {args.folder}: {exc}") from exc
+    if args.rank:
+        from gte_onnx.bench.ranking import rank_variants
+
+        log("ranking the variants' speed on the CPU (gte-onnx bench)")
+        ranking = rank_variants(args.folder, provider="CPUExecutionProvider", threads=args.threads, record=True)
+        log("CPUExecutionProvider ranking, fastest first: " + ", ".join(ranking))
     failed = [n for n in names if manifest.variants[n].fidelity and not manifest.variants[n].passes_gate()]
     if failed:
         print(f"gte-onnx quantize: variant(s) {', '.join(failed)} failed their fidelity gate; recorded, "

@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from .errors import GteOnnxError
+from .clierrors import debug_mode, one_line, run_verb, take_debug_flag
+from .errors import MissingDependencyError, UsageError
 
 # verb -> ("module:function", one-line help). The function takes argv (after the verb) and returns an exit code.
 VERBS: dict[str, tuple[str, str]] = {
@@ -28,27 +29,45 @@ VERBS: dict[str, tuple[str, str]] = {
 }
 
 
-def _load(target: str) -> Callable[[list[str]], int]:
+# The extra that brings each optional stage's packages, for the install hint.
+EXTRAS = {"gte_onnx.export": "export", "gte_onnx.quantize": "quantize", "gte_onnx.parity": "parity",
+          "gte_onnx.bench": "bench", "gte_onnx.server": "server"}
+
+
+def _extra_of(target: str) -> str | None:
+    return next((extra for prefix, extra in EXTRAS.items() if target.startswith(prefix)), None)
+
+
+def _install_hint(target: str) -> str:
+    extra = _extra_of(target)
+    return f"; install it with: pip install 'gte-onnx[{extra}]'" if extra else ""
+
+
+def _load(verb: str, target: str) -> Callable[[list[str]], int]:
     module, _, func = target.partition(":")
     try:
         return getattr(importlib.import_module(module), func)
     except ImportError as exc:
-        print(f"error: this verb needs a package that is not installed ({exc}).", file=sys.stderr)
-        extra = {"gte_onnx.export": "export", "gte_onnx.quantize": "quantize", "gte_onnx.parity": "parity",
-                 "gte_onnx.bench": "bench", "gte_onnx.server": "server"}
-        for prefix, name in extra.items():
-            if module.startswith(prefix):
-                print(f"install it with: pip install 'gte-onnx[{name}]'", file=sys.stderr)
-        raise SystemExit(2) from None
+        if isinstance(exc, MissingDependencyError):
+            raise
+        missing = exc.name or one_line(str(exc))
+        raise MissingDependencyError(
+            f"gte-onnx {verb} needs the package '{missing}', which is not installed{_install_hint(target)}"
+        ) from exc
+
+
+def _usage() -> str:
+    lines = ["usage: gte-onnx [--debug] <verb> [options]", "", "verbs:"]
+    lines += [f"  {verb:<10} {help_text}" for verb, (_, help_text) in VERBS.items()]
+    lines += ["", "`gte-onnx <verb> --help` describes each verb. --debug (or GTE_ONNX_DEBUG=1) shows the",
+              "traceback of an error as well as its one-line message."]
+    return "\n".join(lines)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv, debug = take_debug_flag(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: gte-onnx <verb> [options]\n\nverbs:")
-        for verb, (_, help_text) in VERBS.items():
-            print(f"  {verb:<10} {help_text}")
-        print("\n`gte-onnx <verb> --help` describes each verb.")
+        print(_usage())
         return 0 if argv else 2
     if argv[0] in ("-V", "--version"):
         from . import __version__
@@ -59,14 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if verb not in VERBS:
         print(f"error: unknown verb {verb!r}; one of: {', '.join(VERBS)}", file=sys.stderr)
         return 2
-    func = _load(VERBS[verb][0])
-    try:
-        return int(func(rest) or 0)
-    except GteOnnxError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
+    target = VERBS[verb][0]
+    with debug_mode(debug):
+        return run_verb(lambda args: _load(verb, target)(args), rest, _install_hint(target))
 
 
 # ---- shared option groups ---------------------------------------------------------------------------
@@ -110,11 +124,27 @@ def _read_lines(items: list[str], file: str | None) -> list[str]:
     if items:
         return list(items)
     if file is not None and file != "-":
-        with open(file, encoding="utf-8") as fh:
-            return [line.rstrip("\n") for line in fh if line.strip()]
+        return _read_text_file(file)
     if file == "-" or not sys.stdin.isatty():
         return [line.rstrip("\n") for line in sys.stdin if line.strip()]
     return []
+
+
+def _read_text_file(file: str) -> list[str]:
+    """The non-empty lines of --file FILE; a missing, unreadable or non-UTF-8 file is a UsageError."""
+    path = Path(file)
+    if not path.exists():
+        raise UsageError(f"--file {file}: no such file")
+    if path.is_dir():
+        raise UsageError(f"--file {file} is a directory, not a text file")
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise UsageError(f"--file {file}: cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"--file {file} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")  # the newlines open() would see
+    return [line for line in lines if line.strip()]
 
 
 # ---- embed ------------------------------------------------------------------------------------------

@@ -91,8 +91,16 @@ class UnsupportedModelError(ModelFolderError):
     code = "unsupported_model"
 
 
+class UsageError(GteOnnxError, ValueError):
+    """Bad command-line input: a missing or unreadable --file, a malformed option value."""
+
+    http_status = 422
+    code = "usage_error"
+
+
 class InferenceError(GteOnnxError, RuntimeError):
-    """The model run itself failed (an ONNX Runtime error, not the input): the server answers 500."""
+    """ONNX Runtime failed while running a graph, or the graph returned an output of the wrong shape; the
+    message names the variant's file and what went wrong."""
 
     http_status = 500
     code = "inference_error"

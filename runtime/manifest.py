@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import IntegrityError, ModelFolderError, VariantError
+from .jsonfields import Fields, is_int, read_json_object
 
 MANIFEST_NAME = "gte-onnx.json"
 FORMAT_VERSION = 1
@@ -80,59 +81,42 @@ class Manifest:
 
     # ---- (de)serialisation -------------------------------------------------------------------------
     @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> "Manifest":
-        try:
-            version = int(data["format_version"])
-            if version > FORMAT_VERSION:
-                raise ModelFolderError(
-                    f"manifest format_version {version} is newer than this gte-onnx understands "
-                    f"({FORMAT_VERSION}); upgrade gte-onnx"
-                )
-            task = data["task"]
-            if task not in TASKS:
-                raise ModelFolderError(f"manifest task {task!r} is not one of {TASKS}")
-            pooling = data["pooling"]
-            if pooling not in POOLINGS:
-                raise ModelFolderError(f"manifest pooling {pooling!r} is not one of {POOLINGS}")
-            variants = {
-                name: Variant(
-                    name=name,
-                    file=v["file"],
-                    sha256=v["sha256"],
-                    bytes=int(v["bytes"]),
-                    data_files=tuple(v.get("data_files", ())),
-                    recipe=v.get("recipe", {}),
-                    fidelity=v.get("fidelity", {}),
-                    providers=tuple(v.get("providers", ())),
-                )
-                for name, v in data["variants"].items()
-            }
-            if not variants:
-                raise ModelFolderError("manifest lists no variants")
-            return cls(
-                format_version=version,
-                task=task,
-                source=data.get("source", {}),
-                pooling=pooling,
-                normalize=bool(data["normalize"]),
-                max_length=int(data["max_length"]),
-                dim=int(data["dim"]),
-                inputs=tuple(data["inputs"]),
-                output=data["output"],
-                opset=int(data["opset"]),
-                tokenizer=data.get("tokenizer", {}),
-                variants=variants,
-                tools=data.get("tools", {}),
-                validation=data.get("validation", {}),
-                speed_ranking={k: tuple(v) for k, v in data.get("speed_ranking", {}).items()},
-                extra=data.get("extra", {}),
+    def from_json(cls, data: Mapping[str, Any], where: str = "manifest") -> "Manifest":
+        """Build the manifest from its parsed JSON, checking every field's type: a wrong or missing field is a
+        ModelFolderError naming `where` (the file), the variant and the field, never a bare KeyError."""
+        top = Fields(data, where)
+        version = top.integer("format_version", minimum=0)
+        if version > FORMAT_VERSION:
+            raise ModelFolderError(
+                f"{where}: format_version {version} is newer than this gte-onnx understands "
+                f"({FORMAT_VERSION}); upgrade gte-onnx"
             )
-        except KeyError as exc:
-            raise ModelFolderError(f"manifest is missing the field {exc.args[0]!r}") from None
-        except (TypeError, ValueError) as exc:
-            if isinstance(exc, ModelFolderError):
-                raise
-            raise ModelFolderError(f"manifest is malformed: {exc}") from None
+        variants_json = top.mapping("variants")
+        if not variants_json:
+            raise ModelFolderError(f"{where}: the manifest lists no variants")
+        variants = {name: _variant_from_json(name, value, where) for name, value in variants_json.items()}
+        tokenizer = top.mapping("tokenizer", {})
+        pad = tokenizer.get("pad_token_id")
+        if pad is not None and (not is_int(pad) or pad < 0):
+            raise ModelFolderError(f"{where}: tokenizer.pad_token_id must be a non-negative integer, got {pad!r}")
+        return cls(
+            format_version=version,
+            task=top.choice("task", TASKS),
+            source=top.mapping("source", {}),
+            pooling=top.choice("pooling", POOLINGS),
+            normalize=top.boolean("normalize"),
+            max_length=top.integer("max_length", minimum=1),
+            dim=top.integer("dim", minimum=1),
+            inputs=top.strings("inputs"),
+            output=top.string("output"),
+            opset=top.integer("opset", minimum=1),
+            tokenizer=tokenizer,
+            variants=variants,
+            tools=top.mapping("tools", {}),
+            validation=top.mapping("validation", {}),
+            speed_ranking=_speed_ranking(top.mapping("speed_ranking", {}), where),
+            extra=top.mapping("extra", {}),
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -174,13 +158,7 @@ class Manifest:
                 f"{folder} is not a gte-onnx model folder: it has no {MANIFEST_NAME}. "
                 "Make one with: gte-onnx export MODEL OUT_DIR"
             )
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise ModelFolderError(f"cannot read {path}: {exc}") from None
-        if not isinstance(data, dict):
-            raise ModelFolderError(f"{path} does not hold a JSON object")
-        return cls.from_json(data)
+        return cls.from_json(read_json_object(path, "manifest"), where=str(path))
 
     def save(self, folder: str | os.PathLike) -> Path:
         path = Path(folder) / MANIFEST_NAME
@@ -196,6 +174,38 @@ class Manifest:
             raise VariantError(
                 f"variant {name!r} is not in this model folder; it has {sorted(self.variants)}"
             ) from None
+
+
+# ---- manifest JSON checks ---------------------------------------------------------------------------
+SESSION_OPTIMIZATIONS = ("all", "extended", "basic", "none")
+
+
+def _variant_from_json(name: str, data: Any, where: str) -> Variant:
+    """One entry of "variants", every field checked; errors say which variant and which field."""
+    fields = Fields(data, where, f"variant {name!r}")
+    recipe = fields.mapping("recipe", {})
+    level = recipe.get("session_optimization", "all")
+    if level not in SESSION_OPTIMIZATIONS:
+        raise ModelFolderError(
+            f"{where}: variant {name!r} recipe.session_optimization must be one of "
+            f"{', '.join(SESSION_OPTIMIZATIONS)}, got {level!r}"
+        )
+    return Variant(
+        name=name,
+        file=fields.file_name("file"),
+        sha256=fields.string("sha256"),
+        bytes=fields.integer("bytes", minimum=0),
+        data_files=fields.file_names("data_files", ()),
+        recipe=recipe,
+        fidelity=fields.mapping("fidelity", {}),
+        providers=fields.strings("providers", (), allow_empty=True),
+    )
+
+
+def _speed_ranking(data: Mapping[str, Any], where: str) -> dict[str, tuple[str, ...]]:
+    """provider -> variant names, fastest first."""
+    fields = Fields(data, where, "speed_ranking")
+    return {provider: fields.strings(provider, allow_empty=True) for provider in data}
 
 
 # ---- file integrity ---------------------------------------------------------------------------------

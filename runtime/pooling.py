@@ -21,15 +21,13 @@ def mean_pool(hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
     return summed / counts
 
 
-def no_pool(hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
-    """The graph already pooled (a sentence_embedding output). (B, H) -> (B, H)."""
+def graph_pooled(hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    """pooling "none": the graph already returns one vector per input (the session checks it is (B, H))."""
     del attention_mask
-    if hidden.ndim != 2:
-        raise ValueError(f"pooling 'none' needs a pooled (batch, dim) output, got shape {hidden.shape}")
     return hidden
 
 
-POOLERS = {"cls": cls_pool, "mean": mean_pool, "none": no_pool}
+POOLERS = {"cls": cls_pool, "mean": mean_pool, "none": graph_pooled}
 
 
 def pool(kind: str, hidden: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:

@@ -15,7 +15,14 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from .cpu import physical_cores
-from .errors import IntegrityError, ModelFolderError, MissingDependencyError, ProviderError, VariantError
+from .errors import (
+    InferenceError,
+    IntegrityError,
+    MissingDependencyError,
+    ModelFolderError,
+    ProviderError,
+    VariantError,
+)
 from .manifest import Manifest, Variant, verify_variant
 
 CPU = "CPUExecutionProvider"
@@ -220,6 +227,7 @@ class OnnxModel:
         unknown = set(self.input_names) - {"input_ids", "attention_mask", "token_type_ids", "position_ids"}
         if unknown:
             raise ModelFolderError(f"{path.name} declares inputs this runtime cannot feed: {sorted(unknown)}")
+        check_graph_signature(self.session, manifest, self.variant.file)
 
     def feed(self, input_ids: np.ndarray, attention_mask: np.ndarray, token_type_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Only what the graph declares (fastembed's rule): BERT takes token_type_ids, ModernBERT does not."""
@@ -233,9 +241,20 @@ class OnnxModel:
         return {name: available[name] for name in self.input_names}
 
     def run(self, feed: Mapping[str, np.ndarray]) -> np.ndarray:
-        if self.provider == CUDA:
-            return self._run_bound(feed)
-        return self.session.run([self.output_name], dict(feed))[0]
+        """The graph's output for one batch. ONNX Runtime's own exceptions (Fail, InvalidArgument,
+        RuntimeException, ...) and an output of the wrong shape become an InferenceError naming the file."""
+        try:
+            if self.provider == CUDA:
+                out = self._run_bound(feed)
+            else:
+                out = self.session.run([self.output_name], dict(feed))[0]
+        except Exception as exc:  # onnxruntime's exception types share no base class but Exception
+            raise InferenceError(
+                f"{self.variant.file} (variant {self.variant.name!r}) failed on {self.provider}: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+        check_output(out, feed["input_ids"].shape, self.manifest, self.variant.file)
+        return out
 
     def _run_bound(self, feed: Mapping[str, np.ndarray]) -> np.ndarray:
         """I/O binding on CUDA: inputs are copied to the device once and the output is allocated by ORT
@@ -247,3 +266,70 @@ class OnnxModel:
         binding.bind_output(self.output_name, "cuda", 0)
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
+
+
+# ---- the graph's signature against the manifest -----------------------------------------------------
+INPUT_TYPES = {"tensor(int64)"}
+OUTPUT_TYPES = {"tensor(float)", "tensor(float16)", "tensor(double)"}
+
+
+def output_rank(manifest: Manifest) -> int:
+    """(batch, sequence, dim) for an embedding graph the runtime pools; (batch, dim) for a graph that pools
+    itself: rerank logits, or an embedding folder whose pooling is "none"."""
+    return 3 if manifest.task == "embedding" and manifest.pooling != "none" else 2
+
+
+def _describe_shape(shape: Sequence[Any]) -> str:
+    return "(" + ", ".join(str(d) for d in shape) + ")"
+
+
+def check_graph_signature(session, manifest: Manifest, file: str) -> None:
+    """What the graph declares (input and output types, output rank and width) against the manifest, so a
+    mismatched file fails when it is loaded instead of at the first encode."""
+    for arg in session.get_inputs():
+        if arg.type not in INPUT_TYPES:
+            raise ModelFolderError(
+                f"{file}: input {arg.name!r} is {arg.type}; this runtime feeds int64 token ids and masks"
+            )
+    out = next(o for o in session.get_outputs() if o.name == manifest.output)
+    if out.type not in OUTPUT_TYPES:
+        raise ModelFolderError(f"{file}: output {out.name!r} is {out.type}, not a float tensor")
+    shape = out.shape
+    if not isinstance(shape, (list, tuple)) or not shape:
+        return  # no static shape recorded: check_output checks the first batch instead
+    rank = output_rank(manifest)
+    if len(shape) != rank:
+        raise ModelFolderError(_rank_message(file, out.name, _describe_shape(shape), len(shape), manifest))
+    width = shape[-1]
+    if isinstance(width, int) and width != manifest.dim:
+        raise ModelFolderError(
+            f"{file}: output {out.name!r} is {_describe_shape(shape)}, {width} wide, but the manifest's dim is "
+            f"{manifest.dim}"
+        )
+
+
+def _rank_message(file: str, name: str, shape: str, rank: int, manifest: Manifest) -> str:
+    if manifest.task == "embedding" and manifest.pooling == "none":
+        want = '(batch, dim): pooling "none" means the graph pools'
+    elif manifest.task == "embedding":
+        want = f"(batch, sequence, dim) for {manifest.pooling} pooling"
+    else:
+        want = "(batch, labels) for a reranker"
+    return f"{file}: output {name!r} has rank {rank} {shape}; the manifest needs {want}"
+
+
+def check_output(out: Any, input_shape: tuple[int, ...], manifest: Manifest, file: str) -> None:
+    """One batch's output: rank, batch size, sequence length and width as the manifest promises."""
+    shape = getattr(out, "shape", None)
+    if not isinstance(out, np.ndarray) or shape is None:
+        raise InferenceError(f"{file}: output {manifest.output!r} is {type(out).__name__}, not a tensor")
+    rank = output_rank(manifest)
+    if out.ndim != rank:
+        raise InferenceError(_rank_message(file, manifest.output, str(tuple(shape)), out.ndim, manifest))
+    batch, length = input_shape
+    expected = (batch, length, manifest.dim) if rank == 3 else (batch, manifest.dim)
+    if tuple(shape) != expected:
+        raise InferenceError(
+            f"{file}: output {manifest.output!r} is {tuple(shape)} for a batch of {batch} x {length} tokens; "
+            f"expected {expected} (the manifest's dim is {manifest.dim})"
+        )

@@ -67,10 +67,32 @@ def check_policy(truncate: str) -> str:
     return truncate
 
 
+def read_tokenizer_json(path: Path) -> str:
+    """The text of tokenizer.json; unreadable or non-UTF-8 bytes are a ModelFolderError naming the file."""
+    try:
+        return path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise ModelFolderError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ModelFolderError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+
+
+def parse_tokenizer(text: str, path: Path | str):
+    """A `tokenizers` Tokenizer from tokenizer.json's text. The library raises a bare Exception for JSON it
+    cannot read (truncated, garbled, an unknown model type); this says which file it was."""
+    from tokenizers import Tokenizer
+
+    try:
+        return Tokenizer.from_str(text)
+    except Exception as exc:  # tokenizers has no exception type of its own
+        detail = " ".join(str(exc).split())[:300]
+        raise ModelFolderError(f"{path} is not a tokenizer file the tokenizers library can read: {detail}") from None
+
+
 class TextTokenizer:
     """A `tokenizers` tokenizer with padding off and truncation set per call by policy."""
 
-    def __init__(self, tokenizer_json: str, max_length: int, pad_token_id: int):
+    def __init__(self, tokenizer_json: str, max_length: int, pad_token_id: int, parsed=None):
         from tokenizers import Tokenizer
 
         self._json = tokenizer_json
@@ -79,28 +101,29 @@ class TextTokenizer:
         # One tokenizer per (direction, strategy): truncation is mutable state on a Tokenizer, and the
         # server encodes from several threads, so each configuration gets its own object.
         self._by_config: dict[tuple[str, str], Tokenizer] = {}
-        self._plain = self._make(None)
+        self._plain = self._make(None, parsed)  # `parsed`: tokenizer_json already parsed (from_folder)
 
     @classmethod
     def from_folder(cls, folder: str | Path, max_length: int, pad_token_id: int | None = None) -> "TextTokenizer":
         path = Path(folder) / "tokenizer.json"
         if not path.is_file():
             raise ModelFolderError(f"{folder} has no tokenizer.json")
-        text = path.read_text(encoding="utf-8")
+        text = read_tokenizer_json(path)
+        tok = parse_tokenizer(text, path)
         if pad_token_id is None:
-            from tokenizers import Tokenizer
-
-            tok = Tokenizer.from_str(text)
             pad = (tok.padding or {}).get("pad_id")
             if pad is None:
                 pad = tok.token_to_id("[PAD]") or tok.token_to_id("<pad>") or 0
             pad_token_id = int(pad)
-        return cls(text, max_length, pad_token_id)
+        vocab = tok.get_vocab_size(with_added_tokens=True)
+        if not 0 <= int(pad_token_id) < vocab:
+            raise ModelFolderError(
+                f"{path}: the pad token id {pad_token_id} is outside the tokenizer's vocabulary of {vocab}"
+            )
+        return cls(text, max_length, pad_token_id, parsed=tok)
 
-    def _make(self, config: tuple[str, str] | None):
-        from tokenizers import Tokenizer
-
-        tok = Tokenizer.from_str(self._json)
+    def _make(self, config: tuple[str, str] | None, parsed=None):
+        tok = parsed if parsed is not None else parse_tokenizer(self._json, "tokenizer.json")
         tok.no_padding()
         tok.no_truncation()
         if config is not None:

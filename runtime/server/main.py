@@ -7,7 +7,8 @@ import logging
 import os
 import sys
 
-from ..errors import GteOnnxError, missing_dependency
+from ..clierrors import verb_main
+from ..errors import missing_dependency
 from .backend import DEFAULT_MAX_BATCH_SIZE
 from .settings import (
     DEFAULT_MAX_BATCH_TOKENS,
@@ -112,24 +113,20 @@ def build_app(args: argparse.Namespace):
     return create_app(backend, settings), backend, settings
 
 
-def main(argv: list[str] | None = None) -> int:
+@verb_main
+def main(argv: list[str]) -> int:
+    """Entry point of `gte-onnx serve`; a bad folder or option is reported by the shared CLI policy."""
     args = build_parser().parse_args(argv)
     try:
         import fastapi  # noqa: F401
     except ImportError:
-        print(missing_dependency("fastapi", "server", "gte-onnx serve"), file=sys.stderr)
-        return 2
+        raise missing_dependency("fastapi", "server", "gte-onnx serve") from None
     try:
         import uvicorn
     except ImportError:
-        print(missing_dependency("uvicorn", "server", "gte-onnx serve"), file=sys.stderr)
-        return 2
+        raise missing_dependency("uvicorn", "server", "gte-onnx serve") from None
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:
-        app, backend, settings = build_app(args)
-    except GteOnnxError as exc:
-        print(f"gte-onnx serve: {exc}", file=sys.stderr)
-        return 2
+    app, backend, settings = build_app(args)
     logging.getLogger("gte_onnx.server").info(
         "serving %s (%s, variant %s on %s) as %r at http://%s:%d%s",
         backend.model_id, backend.task, backend.variant, backend.provider, settings.model_name,

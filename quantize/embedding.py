@@ -81,6 +81,96 @@ def exact_rows_of(table: np.ndarray, dequantized: np.ndarray, rows: Sequence[int
     return ids, (table[ids] - dequantized[ids]).astype(np.float32).reshape(len(rows), table.shape[1])
 
 
+def _tables_to_quantize(model, min_elements: int) -> tuple[set[str], list[str]]:
+    """(Gather node names to rewrite, table names left in float because a MatMul shares them)."""
+    users = consumers(model)
+    chosen: set[str] = set()
+    kept: list[str] = []
+    for use in embedding_gathers(model, min_elements):
+        if any(node.op_type != "Gather" for node in users[use.weight]):
+            kept.append(use.weight)  # tied to a MatMul (an LM head): quantizing would keep both copies
+        else:
+            chosen.add(use.node)
+    return chosen, kept
+
+
+def _table_names(table: str) -> dict[str, str]:
+    return {k: f"{table}_{k}" for k in ("int8", "row_scale", "q4", "scales", "zero_points",
+                                         "exact_ids", "exact_residual", "last_axis")}
+
+
+def _quantized_table(values: np.ndarray, bits: int, block_size: int, names: dict[str, str],
+                     exact_rows: Sequence[int]) -> tuple[list, list[int]]:
+    """(initializers replacing the float table, the token ids whose rows are kept exact)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    if bits == 8:
+        q, scale = quantize_rows_int8(values)
+        dequantized = q.astype(np.float32) * scale.astype(np.float32)
+        arrays = [numpy_helper.from_array(q, names["int8"]), numpy_helper.from_array(scale, names["row_scale"])]
+    else:
+        codes, scale, zero = quantize_rows_4bit(values, block_size)
+        dequantized = dequantize_rows_4bit(codes, scale, zero)
+        arrays = [
+            helper.make_tensor(names["q4"], TensorProto.UINT4, list(codes.shape),
+                               _pack_nibbles(codes).tobytes(), raw=True),
+            numpy_helper.from_array(scale, names["scales"]),
+            helper.make_tensor(names["zero_points"], TensorProto.UINT4, list(zero.shape),
+                               _pack_nibbles(zero).tobytes(), raw=True),
+        ]
+    kept_ids, residual = exact_rows_of(values, dequantized, exact_rows)
+    if len(kept_ids):
+        arrays += [numpy_helper.from_array(kept_ids, names["exact_ids"]),
+                   numpy_helper.from_array(residual, names["exact_residual"]),
+                   numpy_helper.from_array(np.array([-1], dtype=np.int64), names["last_axis"])]
+    return arrays, [int(r) for r in kept_ids]
+
+
+def _lookup_nodes(model, bits: int, block_size: int, names: dict[str, str], ids: str, out: str, deq: str,
+                  prefix: str) -> list:
+    """The nodes that gather and dequantize only the looked-up rows into `deq`."""
+    from onnx import TensorProto, helper
+
+    if bits == 8:
+        return [
+            helper.make_node("Gather", [names["int8"], ids], [out + "_q"], name=prefix + "_rows_int8", axis=0),
+            helper.make_node("Cast", [out + "_q"], [out + "_qf"], name=prefix + "_rows_float", to=TensorProto.FLOAT),
+            helper.make_node("Gather", [names["row_scale"], ids], [out + "_scale"], name=prefix + "_row_scale",
+                             axis=0),
+            helper.make_node("Mul", [out + "_qf", out + "_scale"], [deq], name=prefix + "_dequantize"),
+        ]
+    # onnx's shape inference does not know the contrib op: declare its output float32 so type inference
+    # (the fp16 converter's included) goes on past it.
+    model.graph.value_info.append(helper.make_tensor_value_info(deq, TensorProto.FLOAT, None))
+    return [helper.make_node(
+        "GatherBlockQuantized", [names["q4"], ids, names["scales"], names["zero_points"]], [deq],
+        name=prefix + "_rows_4bit", domain="com.microsoft", gather_axis=0, quantize_axis=1,
+        block_size=block_size)]
+
+
+def _exact_row_nodes(names: dict[str, str], ids: str, out: str, deq: str, prefix: str, opset: int) -> list:
+    """out = deq + Cast(Equal(ids[..., None], kept_ids)) @ residual."""
+    from onnx import TensorProto, helper
+
+    if opset >= 13:
+        unsqueeze = helper.make_node("Unsqueeze", [out + "_ids64", names["last_axis"]], [out + "_ids_col"],
+                                     name=prefix + "_ids_column")
+    else:
+        unsqueeze = helper.make_node("Unsqueeze", [out + "_ids64"], [out + "_ids_col"],
+                                     name=prefix + "_ids_column", axes=[-1])
+    return [
+        helper.make_node("Cast", [ids], [out + "_ids64"], name=prefix + "_ids_int64", to=TensorProto.INT64),
+        unsqueeze,
+        helper.make_node("Equal", [out + "_ids_col", names["exact_ids"]], [out + "_is_kept"],
+                         name=prefix + "_is_kept_row"),
+        helper.make_node("Cast", [out + "_is_kept"], [out + "_kept"], name=prefix + "_kept_float",
+                         to=TensorProto.FLOAT),
+        helper.make_node("MatMul", [out + "_kept", names["exact_residual"]], [out + "_fix"],
+                         name=prefix + "_exact_rows"),
+        helper.make_node("Add", [deq, out + "_fix"], [out], name=prefix + "_with_exact_rows"),
+    ]
+
+
 def quantize_embedding_tables(
     model, exact_rows: Sequence[int] = (), min_elements: int = MIN_TABLE_ELEMENTS, bits: int = 8,
     block_size: int = 32,
@@ -96,18 +186,10 @@ def quantize_embedding_tables(
     if bits not in (4, 8):
         raise ValueError(f"embedding tables are quantized to 8 or 4 bits, not {bits}")
     onnx = import_onnx()
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import numpy_helper
 
     inits = initializers(model)
-    users = consumers(model)
-    chosen: set[str] = set()
-    kept: list[str] = []
-    for use in embedding_gathers(model, min_elements):
-        if any(node.op_type != "Gather" for node in users[use.weight]):
-            kept.append(use.weight)  # tied to a MatMul (an LM head): quantizing would keep both copies
-        else:
-            chosen.add(use.node)
-
+    chosen, kept = _tables_to_quantize(model, min_elements)
     note = None
     if bits == 4 and any(use.shape[1] % block_size for use in embedding_gathers(model, min_elements)
                          if use.node in chosen):
@@ -121,68 +203,17 @@ def quantize_embedding_tables(
             new_nodes.append(node)
             continue
         table, ids, out, prefix = node.input[0], node.input[1], node.output[0], node.name
-        names = {k: f"{table}_{k}" for k in ("int8", "row_scale", "q4", "scales", "zero_points",
-                                              "exact_ids", "exact_residual", "last_axis")}
+        names = _table_names(table)
         if table not in replaced:
             values = numpy_helper.to_array(inits[table])
-            if bits == 8:
-                q, scale = quantize_rows_int8(values)
-                dequantized = q.astype(np.float32) * scale.astype(np.float32)
-                arrays = [numpy_helper.from_array(q, names["int8"]), numpy_helper.from_array(scale, names["row_scale"])]
-            else:
-                codes, scale, zero = quantize_rows_4bit(values, block_size)
-                dequantized = dequantize_rows_4bit(codes, scale, zero)
-                arrays = [
-                    helper.make_tensor(names["q4"], TensorProto.UINT4, list(codes.shape),
-                                       _pack_nibbles(codes).tobytes(), raw=True),
-                    numpy_helper.from_array(scale, names["scales"]),
-                    helper.make_tensor(names["zero_points"], TensorProto.UINT4, list(zero.shape),
-                                       _pack_nibbles(zero).tobytes(), raw=True),
-                ]
-            kept_ids, residual = exact_rows_of(values, dequantized, exact_rows)
-            exact = [int(r) for r in kept_ids]
-            if exact:
-                arrays += [numpy_helper.from_array(kept_ids, names["exact_ids"]),
-                           numpy_helper.from_array(residual, names["exact_residual"]),
-                           numpy_helper.from_array(np.array([-1], dtype=np.int64), names["last_axis"])]
+            arrays, exact = _quantized_table(values, bits, block_size, names, exact_rows)
             model.graph.initializer.extend(arrays)
             model.graph.initializer.remove(inits[table])
             replaced[table] = list(values.shape)
         deq = out + "_deq" if exact else out
-        if bits == 8:
-            new_nodes += [
-                helper.make_node("Gather", [names["int8"], ids], [out + "_q"], name=prefix + "_rows_int8", axis=0),
-                helper.make_node("Cast", [out + "_q"], [out + "_qf"], name=prefix + "_rows_float", to=TensorProto.FLOAT),
-                helper.make_node("Gather", [names["row_scale"], ids], [out + "_scale"], name=prefix + "_row_scale",
-                                 axis=0),
-                helper.make_node("Mul", [out + "_qf", out + "_scale"], [deq], name=prefix + "_dequantize"),
-            ]
-        else:
-            new_nodes.append(helper.make_node(
-                "GatherBlockQuantized", [names["q4"], ids, names["scales"], names["zero_points"]], [deq],
-                name=prefix + "_rows_4bit", domain="com.microsoft", gather_axis=0, quantize_axis=1,
-                block_size=block_size))
-            # onnx's shape inference does not know the contrib op: declare its output float32 so type
-            # inference (the fp16 converter's included) goes on past it.
-            model.graph.value_info.append(helper.make_tensor_value_info(deq, TensorProto.FLOAT, None))
+        new_nodes += _lookup_nodes(model, bits, block_size, names, ids, out, deq, prefix)
         if exact:
-            if opset >= 13:
-                unsqueeze = helper.make_node("Unsqueeze", [out + "_ids64", names["last_axis"]], [out + "_ids_col"],
-                                             name=prefix + "_ids_column")
-            else:
-                unsqueeze = helper.make_node("Unsqueeze", [out + "_ids64"], [out + "_ids_col"],
-                                             name=prefix + "_ids_column", axes=[-1])
-            new_nodes += [
-                helper.make_node("Cast", [ids], [out + "_ids64"], name=prefix + "_ids_int64", to=TensorProto.INT64),
-                unsqueeze,
-                helper.make_node("Equal", [out + "_ids_col", names["exact_ids"]], [out + "_is_kept"],
-                                 name=prefix + "_is_kept_row"),
-                helper.make_node("Cast", [out + "_is_kept"], [out + "_kept"], name=prefix + "_kept_float",
-                                 to=TensorProto.FLOAT),
-                helper.make_node("MatMul", [out + "_kept", names["exact_residual"]], [out + "_fix"],
-                                 name=prefix + "_exact_rows"),
-                helper.make_node("Add", [deq, out + "_fix"], [out], name=prefix + "_with_exact_rows"),
-            ]
+            new_nodes += _exact_row_nodes(names, ids, out, deq, prefix, opset)
     model.graph.ClearField("node")
     model.graph.node.extend(new_nodes)
     if bits == 4 and replaced and not any(o.domain == "com.microsoft" for o in model.opset_import):

@@ -82,74 +82,25 @@ def make_int8(
 
     `exact_rows`: token ids whose embedding rows stay exact (the special tokens in every input).
     """
-    onnx = graph.import_onnx()
-    q = _ort_quantization()
+    graph.import_onnx(), _ort_quantization()  # a missing dependency is named before any work
     model = graph.load_model(src)
     prepared = graph.prepare(model)
     table = (quantize_embedding_tables(model, exact_rows, bits=options.embedding_bits,
                                        block_size=options.embedding_block_size)
              if options.quantize_embeddings else None)
-
-    uses = graph.weight_matmuls(model, ("MatMul", "Gemm"))
-    selected = [u for u in uses if u.op_type == "MatMul" and u.elements >= options.min_weight_elements
-                and u.role not in options.float_roles]
-    kept = sorted(u.node for u in uses if u not in selected)
-    if not selected:
-        raise ValueError(f"{src} has no MatMul with a float weight of >= {options.min_weight_elements} elements")
-    smoothing = None
-    if options.smooth_alpha is not None:
-        if calibration_feeds is None:
-            raise ValueError("int8 smoothing needs calibration_feeds (real text); pass smooth_alpha=None to skip it")
-        from .smooth import smooth_for_int8
-
-        smoothing = smooth_for_int8(model, selected, calibration_feeds(), options.smooth_alpha)
+    selected, kept = _select_matmuls(model, options, src)
+    smoothing = _smooth(model, selected, options, calibration_feeds)
     per_token = [u for u in selected if u.role in options.per_token_roles]
     if per_token:
         _blockwise_8bit(model, per_token, options.block_size)
     selected = [u for u in selected if u not in per_token]
-
-    extra = {
-        # ORT-optimised graphs defeat the quantizer's shape inference; unknown tensors are float here.
-        "DefaultTensorType": onnx.TensorProto.FLOAT,
-        "MatMulConstBOnly": True,
-    }
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "int8.onnx"
-        if not selected:  # every layer went to the per-token kernel
-            graph.save_model(model, out)
-            activations = None
-        else:
-            staged = Path(tmp) / "prepared.onnx"
-            graph.save_model(model, staged)
-            common = dict(
-                nodes_to_quantize=[u.node for u in selected],
-                op_types_to_quantize=["MatMul"],
-                per_channel=options.per_channel,
-                reduce_range=options.reduce_range,
-                weight_type=q.QuantType.QInt8,
-                use_external_data_format=staged.stat().st_size >= graph.SINGLE_FILE_LIMIT,
-            )
-            if options.method == "dynamic":
-                with graph.quiet_quantizer_logs():
-                    q.quantize_dynamic(str(staged), str(out), extra_options=extra, **common)
-                activations = "uint8 per tensor, quantized at run time (DynamicQuantizeLinear)"
-            else:
-                if calibration_feeds is None:
-                    raise ValueError("int8 method 'static' needs calibration_feeds (real text)")
-                q.quantize_static(
-                    str(staged), str(out), _Reader(calibration_feeds()),
-                    quant_format=q.QuantFormat.QDQ, activation_type=q.QuantType.QUInt8,
-                    calibrate_method=q.CalibrationMethod.MinMax,
-                    extra_options={**extra, "ActivationSymmetric": False}, **common,
-                )
-                activations = "uint8 per tensor, scales calibrated on real text (QDQ, MinMax)"
-        if per_token:
-            roles = ", ".join(options.per_token_roles)
-            inside = f"per token and block of {options.block_size} inside MatMulNBits ({roles})"
-            activations = f"{activations}; {inside}" if activations else inside
-        result = graph.load_model(out)
+        result, activations = _quantize_with_ort(model, selected, options, calibration_feeds, Path(tmp))
+    if per_token:
+        roles = ", ".join(options.per_token_roles)
+        inside = f"per token and block of {options.block_size} inside MatMulNBits ({roles})"
+        activations = f"{activations}; {inside}" if activations else inside
     data_files = graph.save_model(result, dst)
-
     recipe = {
         "kind": "int8",
         "method": options.method,
@@ -172,6 +123,66 @@ def make_int8(
         "tools": graph.tool_versions(),
     }
     return recipe, data_files
+
+
+def _select_matmuls(model, options: Int8Options, src) -> tuple[list[graph.WeightUse], list[str]]:
+    """(the linear layers to quantize, the names of the weight MatMul/Gemm nodes left in float)."""
+    uses = graph.weight_matmuls(model, ("MatMul", "Gemm"))
+    selected = [u for u in uses if u.op_type == "MatMul" and u.elements >= options.min_weight_elements
+                and u.role not in options.float_roles]
+    if not selected:
+        raise ValueError(f"{src} has no MatMul with a float weight of >= {options.min_weight_elements} elements")
+    return selected, sorted(u.node for u in uses if u not in selected)
+
+
+def _smooth(model, selected, options: Int8Options, calibration_feeds) -> dict[str, Any] | None:
+    if options.smooth_alpha is None:
+        return None
+    if calibration_feeds is None:
+        raise ValueError("int8 smoothing needs calibration_feeds (real text); pass smooth_alpha=None to skip it")
+    from .smooth import smooth_for_int8
+
+    return smooth_for_int8(model, selected, calibration_feeds(), options.smooth_alpha)
+
+
+def _quantize_with_ort(model, selected, options: Int8Options, calibration_feeds, tmp: Path):
+    """(the model with `selected` quantized by onnxruntime's quantizer, how its activations are quantized)."""
+    onnx = graph.import_onnx()
+    q = _ort_quantization()
+    out = tmp / "int8.onnx"
+    if not selected:  # every layer went to the per-token kernel
+        graph.save_model(model, out)
+        return graph.load_model(out), None
+    extra = {
+        # ORT-optimised graphs defeat the quantizer's shape inference; unknown tensors are float here.
+        "DefaultTensorType": onnx.TensorProto.FLOAT,
+        "MatMulConstBOnly": True,
+    }
+    staged = tmp / "prepared.onnx"
+    graph.save_model(model, staged)
+    common = dict(
+        nodes_to_quantize=[u.node for u in selected],
+        op_types_to_quantize=["MatMul"],
+        per_channel=options.per_channel,
+        reduce_range=options.reduce_range,
+        weight_type=q.QuantType.QInt8,
+        use_external_data_format=staged.stat().st_size >= graph.SINGLE_FILE_LIMIT,
+    )
+    if options.method == "dynamic":
+        with graph.quiet_quantizer_logs():
+            q.quantize_dynamic(str(staged), str(out), extra_options=extra, **common)
+        activations = "uint8 per tensor, quantized at run time (DynamicQuantizeLinear)"
+    else:
+        if calibration_feeds is None:
+            raise ValueError("int8 method 'static' needs calibration_feeds (real text)")
+        q.quantize_static(
+            str(staged), str(out), _Reader(calibration_feeds()),
+            quant_format=q.QuantFormat.QDQ, activation_type=q.QuantType.QUInt8,
+            calibrate_method=q.CalibrationMethod.MinMax,
+            extra_options={**extra, "ActivationSymmetric": False}, **common,
+        )
+        activations = "uint8 per tensor, scales calibrated on real text (QDQ, MinMax)"
+    return graph.load_model(out), activations
 
 
 def _blockwise_8bit(model, uses, block_size: int) -> None:

@@ -239,7 +239,10 @@ def resolve_inside(folder: str | os.PathLike, relative: str) -> Path:
 
 
 def verify_variant(folder: str | os.PathLike, variant: Variant) -> Path:
-    """Check the variant's file against the manifest (size, then sha256) and return its path."""
+    """Check the variant's file against the manifest (size, then sha256) and return its path. The digest
+    of a file whose stat has not changed since it was last hashed comes from the verified-file cache."""
+    from .verified import file_digest
+
     path = resolve_inside(folder, variant.file)
     if not path.is_file():
         raise ModelFolderError(f"variant {variant.name!r}: file {variant.file} is missing from {folder}")
@@ -248,7 +251,7 @@ def verify_variant(folder: str | os.PathLike, variant: Variant) -> Path:
         raise IntegrityError(
             f"variant {variant.name!r}: {variant.file} has {size} bytes but the manifest says {variant.bytes}"
         )
-    digest = sha256_file(path)
+    digest = file_digest(path, sha256_file)
     if digest != variant.sha256:
         raise IntegrityError(
             f"variant {variant.name!r}: sha256 of {variant.file} is {digest}, the manifest says "

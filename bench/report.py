@@ -172,11 +172,18 @@ def format_report(result: Mapping[str, Any]) -> str:
            if policy.get("heavy_s") else "")
         + f" after {policy['min_warmups']}+ warm-ups; peak RSS per {settings['rss_scope']}, one process per "
         "variant; n per row in the JSON",
+        (f"schedule: seeded random order per round, mirrored every other round (seed "
+         f"{settings.get('schedule_seed')}), {settings.get('gap_s', 0):g} s idle before each timed run, "
+         f"thread spinning {settings.get('spinning')}; every round's order in the JSON"),
         "",
         contenders_table(result),
         "",
         results_table(result),
     ]
+    twins = result.get("twins")
+    if twins:
+        lines.append("")
+        lines.append(twins_line(twins))
     problems = failures(result)
     if problems:
         lines.append("\nfailures:")
@@ -186,6 +193,15 @@ def format_report(result: Mapping[str, Any]) -> str:
         lines.append(f"\nspeed ranking on {provider}: {', '.join(names) if names else '(none measured)'}")
     lines.append(f"\ntook {result['duration_s']:.0f} s")
     return "\n".join(lines)
+
+
+def twins_line(twins: Mapping[str, Any]) -> str:
+    """The fairness check in one line: the twin's median over the original's, per cell."""
+    cells = ", ".join(f"{cell} {ratio:.3f}" for cell, ratio in twins["ratios"].items()) or "none measured"
+    low, high = twins["tolerance"]
+    verdict = (f"OUTSIDE {low:g}..{high:g} at {', '.join(twins['outside'])}" if twins["outside"]
+               else f"all within {low:g}..{high:g}")
+    return f"twins {twins['of']} / {twins['twin']} (median ratio, twin / original): {cells}; {verdict}"
 
 
 def _load(machine: Mapping[str, Any]) -> str:
@@ -235,6 +251,8 @@ def plot(result: Mapping[str, Any], path: str | Path) -> Path:
     for r in rows:
         if r["mode"] != "shape" or r["shape"] != shape or r["error"] is not None or r["kind"] != "onnx":
             continue
+        if r.get("twin_of"):
+            continue  # the same point as its original
         points.append((r, fidelity_figures(contenders[r["key"]].get("fidelity") or {})))
     figure_name = _plot_figure([(r["variant"], figures) for r, figures in points])
     fig, ax = plt.subplots(figsize=(7, 4.5))

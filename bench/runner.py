@@ -25,6 +25,7 @@ from .measure import (
     SHORT_POLICY,
     CellOutcome,
     RepeatPolicy,
+    RoundOrder,
     interleave,
     speed_ratio,
     summarize,
@@ -40,7 +41,9 @@ from .shapes import (
     tokenizer_path,
 )
 
-SCHEMA = "gte-onnx-bench/1"
+SCHEMA = "gte-onnx-bench/2"
+SCHEDULE_DESIGN = ("per cell: a seeded random order of the contenders, mirrored every other round (each "
+                   "contender precedes each other equally often), an idle gap before every timed run")
 TORCH_PROVIDER = "torch"
 TORCH_FP32, TORCH_BF16 = "torch-fp32", "torch-bf16"
 CPU = "CPUExecutionProvider"
@@ -64,10 +67,17 @@ class BenchConfig:
     policy: RepeatPolicy | None = None  # None: FULL_POLICY or SHORT_POLICY
     seed: int = 0
     call_timeout_s: float = 1800.0
-    # Lets the previous worker's thread pool stop spinning before the next one is timed.
-    switch_pause_s: float = 0.01
+    # Idle time before every timed run: what the previous call left running has stopped by then.
+    gap_s: float = 0.25
+    # Thread spinning in the workers: "stop" (spin during a run only), "off" or "on" (see worker.py).
+    spinning: str = "stop"
+    schedule_seed: int | None = None  # None: the same as `seed`
+    twins: str | None = None  # "best" or a variant name: run that contender twice, as two workers
     progress: bool = True
     command: str | None = None
+
+    def resolved_schedule_seed(self) -> int:
+        return self.seed if self.schedule_seed is None else self.schedule_seed
 
     def resolved_policy(self) -> RepeatPolicy:
         return self.policy or (SHORT_POLICY if self.short else FULL_POLICY)
@@ -91,11 +101,13 @@ class Contender:
     load: dict[str, Any] = field(default_factory=dict)
     corpus_load: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    twin_of: str | None = None  # the key of the contender this one duplicates (--twins)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "key": self.key,
             "name": self.name,
+            "twin_of": self.twin_of,
             "kind": self.kind,
             "provider": self.provider,
             **self.meta,
@@ -149,7 +161,7 @@ def plan_contenders(manifest: Manifest, config: BenchConfig, providers: Sequence
             contenders.append(Contender(
                 key=key, name=variant.name, kind="onnx", provider=provider,
                 spec={"kind": "onnx", "folder": str(folder), "variant": variant.name,
-                      "provider": provider, "threads": config.threads},
+                      "provider": provider, "threads": config.threads, "spinning": config.spinning},
                 meta=_variant_meta(folder, variant),
             ))
     if config.torch:
@@ -163,11 +175,69 @@ def plan_contenders(manifest: Manifest, config: BenchConfig, providers: Sequence
             contenders.append(Contender(
                 key=name, name=name, kind="torch", provider=TORCH_PROVIDER,
                 spec={"kind": "torch", "folder": str(folder), "torch": spec, "dtype": dtype,
-                      "threads": config.threads},
+                      "threads": config.threads, "spinning": config.spinning},
                 meta={"variant": None, "file": None, "file_bytes": None, "recipe": {}, "fidelity": {},
                       "passed": None, "torch_model": spec},
             ))
+    if config.twins:
+        contenders.append(twin_contender(manifest, contenders, config.twins))
     return contenders
+
+
+TWIN_SUFFIX = "~twin"
+
+
+def twin_contender(manifest: Manifest, contenders: Sequence[Contender], which: str) -> Contender:
+    """A second, identical worker of one contender: "best" picks the variant `variant="auto"` would load
+    on the first provider (the fastest recorded one that passes its gate), else a contender's key."""
+    from ..session import choose_variant
+
+    onnx = [c for c in contenders if c.kind == "onnx"]
+    if which == "best":
+        if not onnx:
+            raise InvalidInputError("--twins: no ONNX variant is measured; name a contender with --twins NAME")
+        try:
+            best = choose_variant(manifest, "auto", onnx[0].provider).name
+        except VariantError:
+            best = onnx[0].name
+        original = next((c for c in onnx if c.name == best), onnx[0])
+    else:
+        original = next((c for c in contenders if which in (c.key, c.name)), None)
+        if original is None:
+            raise InvalidInputError(f"--twins {which!r}: no such contender in this run; it has "
+                                    f"{[c.key for c in contenders]}")
+    return Contender(key=original.key + TWIN_SUFFIX, name=original.name + TWIN_SUFFIX, kind=original.kind,
+                     provider=original.provider, spec=dict(original.spec), meta=dict(original.meta),
+                     twin_of=original.key)
+
+
+# The twins' median ratio outside this range means the schedule still favours some positions.
+TWIN_TOLERANCE = (0.95, 1.05)
+
+
+def twin_report(rows: Sequence[dict[str, Any]], contenders: Sequence[Contender]) -> dict[str, Any] | None:
+    """Per shape (and corpus): the twin's median over the original's; `outside` lists the cells whose
+    ratio falls outside TWIN_TOLERANCE."""
+    twin = next((c for c in contenders if c.twin_of), None)
+    if twin is None:
+        return None
+    medians: dict[tuple[str, str], dict[str, float]] = {}
+    for row in rows:
+        if row["key"] in (twin.key, twin.twin_of) and row["error"] is None and row["median_s"]:
+            medians.setdefault((row["mode"], row["shape"]), {})[row["key"]] = row["median_s"]
+    ratios = {}
+    for (mode, shape), pair in medians.items():
+        if len(pair) == 2:
+            ratios[shape if mode == "shape" else f"{mode}:{shape}"] = pair[twin.key] / pair[twin.twin_of]
+    low, high = TWIN_TOLERANCE
+    return {
+        "of": twin.twin_of,
+        "twin": twin.key,
+        "ratio": "twin median / original median",
+        "ratios": ratios,
+        "tolerance": list(TWIN_TOLERANCE),
+        "outside": [cell for cell, r in ratios.items() if not low <= r <= high],
+    }
 
 
 def BenchProgress(total: int, enabled: bool) -> Progress:
@@ -181,6 +251,7 @@ def _row(contender: Contender, mode: str, label: str, batch: int | None, length:
     row: dict[str, Any] = {
         "key": contender.key,
         "name": contender.name,
+        "twin_of": contender.twin_of,
         "kind": contender.kind,
         "variant": contender.meta.get("variant"),
         "provider": contender.provider,
@@ -234,6 +305,8 @@ class _Run:
         self.rss_scope = "shape"
         # Why a contender's worker is gone in this phase (died at a shape, corpus load failed, ...).
         self.gone: dict[str, str] = {}
+        # Every cell's rounds in the order they ran: the record that the schedule was fair.
+        self.schedule: list[dict[str, Any]] = []
 
     def live(self) -> list[Contender]:
         return [c for c in self.contenders
@@ -273,7 +346,7 @@ class _Run:
         return (contender.error or self.gone.get(contender.key)
                 or f"worker {contender.key} is no longer running")
 
-    def measure(self, label: str, setup: Callable[[WorkerProcess], None], run_op: dict[str, Any],
+    def measure(self, mode: str, label: str, setup: Callable[[WorkerProcess], None], run_op: dict[str, Any],
                 policy: RepeatPolicy) -> tuple[dict[str, CellOutcome], dict[str, int | None], dict[str, dict]]:
         """Set every live worker up, time them interleaved, then read each one's peak RSS."""
         live = self.live()
@@ -299,11 +372,15 @@ class _Run:
             return call
 
         runners = {c.key: runner(c.key) for c in live if c.key not in errors}
+        seed = f"{self.config.resolved_schedule_seed()}:{mode}:{label}"
+        order = RoundOrder(seed)
         outcomes = interleave(
             runners, policy,
             on_call=lambda key, phase: self.progress.note(f"{label} {key} {phase}"),
-            switch_pause_s=self.config.switch_pause_s,
+            gap_s=self.config.gap_s,
+            order=order,
         )
+        self.schedule.append({"mode": mode, "cell": label, "seed": seed, "rounds": order.rounds})
         peaks: dict[str, int | None] = {}
         for contender in live:
             worker = self.workers[contender.key]
@@ -322,7 +399,7 @@ class _Run:
     def shape_rows(self, shape: Shape, ids) -> list[dict[str, Any]]:
         ids_list = ids.tolist()
         outcomes, peaks, _ = self.measure(
-            shape.label,
+            "shape", shape.label,
             lambda w: w.request("set_input", 120, key=shape.label, ids=ids_list),
             {"op": "run", "key": shape.label},
             self.config.resolved_policy(),
@@ -340,7 +417,7 @@ class _Run:
         self.gone = {}
         self.start_all("corpus")
         outcomes, peaks, replies = self.measure(
-            corpus_name,
+            "corpus", corpus_name,
             lambda w: w.request("set_corpus", 120, texts=texts),
             {"op": "run_corpus", "batch_size": self.config.batch_size},
             self.config.corpus_policy(),
@@ -429,12 +506,17 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
             "corpus": {"name": corpus_name, "texts": len(texts), "batch_size": config.batch_size,
                        "policy": config.corpus_policy().to_json()} if texts else None,
             "torch": config.torch,
-            "switch_pause_s": config.switch_pause_s,
             "rss_scope": run.rss_scope,
-            "interleaving": "round-robin over all contenders, start rotated each round",
+            "interleaving": SCHEDULE_DESIGN,
+            "gap_s": config.gap_s,
+            "spinning": config.spinning,
+            "schedule_seed": config.resolved_schedule_seed(),
+            "twins": config.twins,
         },
         "contenders": [c.to_json() for c in contenders],
         "results": rows,
+        "twins": twin_report(rows, contenders),
+        "schedule": run.schedule,
         "ranking": {p: rank_rows(rows, p) for p in onnx_providers},
         "ranking_basis": "geometric mean over the shapes of the median latency; variants with a failed "
                          "shape are left out",

@@ -24,12 +24,26 @@ import numpy as np
 from .rss import current_rss_bytes, peak_rss_bytes, reset_peak_rss
 
 
-class OnnxBackend:
-    """A variant's session exactly as the runtime builds it (gte_onnx.session.OnnxModel)."""
+# What each --spinning mode asks of ONNX Runtime's thread pools. "stop": spin while a run is in progress
+# (as the runtime does for users) and stop the moment it returns, so no idle worker takes the cores of
+# the one being timed; "off": never spin; "on": ONNX Runtime's default (threads spin on after a run).
+SPINNING_MODES = ("stop", "off", "on")
+ORT_SPINNING_CONFIG = {
+    "stop": {"session.force_spinning_stop": "1"},
+    "off": {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"},
+    "on": {},
+}
 
-    def __init__(self, folder: str, variant: str, provider: str, threads: int | None, mode: str = "shapes"):
+
+class OnnxBackend:
+    """A variant's session exactly as the runtime builds it (gte_onnx.session.OnnxModel), plus the bench's
+    thread-spinning setting."""
+
+    def __init__(self, folder: str, variant: str, provider: str, threads: int | None, mode: str = "shapes",
+                 spinning: str = "stop"):
         self.folder, self.variant, self.provider, self.threads = folder, variant, provider, threads
         self.mode = mode
+        self.session_config = ORT_SPINNING_CONFIG[spinning]
         self.model = None
         self.embedder = None
 
@@ -40,17 +54,18 @@ class OnnxBackend:
             from ..embedder import Embedder
 
             self.embedder = Embedder(self.folder, variant=self.variant, providers=[self.provider],
-                                     threads=self.threads)
+                                     threads=self.threads, session_config=self.session_config)
             provider, threads, variant = self.embedder.provider, self.embedder.threads, self.embedder.variant
         else:
             from ..manifest import Manifest
             from ..session import OnnxModel
 
             manifest = Manifest.load(self.folder)
-            self.model = OnnxModel(self.folder, manifest, self.variant, [self.provider], self.threads)
+            self.model = OnnxModel(self.folder, manifest, self.variant, [self.provider], self.threads,
+                                   session_config=self.session_config)
             provider, threads, variant = self.model.provider, self.model.threads, self.model.variant.name
         return {"provider": provider, "threads": threads, "variant": variant,
-                "onnxruntime": onnxruntime.__version__}
+                "onnxruntime": onnxruntime.__version__, "session_config": dict(self.session_config)}
 
     def prepare(self, input_ids: np.ndarray) -> dict[str, np.ndarray]:
         return self.model.feed(input_ids, np.ones_like(input_ids))
@@ -96,7 +111,7 @@ def make_backend(spec: Mapping[str, Any]):
     kind = spec.get("kind")
     if kind == "onnx":
         return OnnxBackend(spec["folder"], spec["variant"], spec["provider"], spec.get("threads"),
-                           spec.get("mode", "shapes"))
+                           spec.get("mode", "shapes"), spec.get("spinning", "stop"))
     if kind == "torch":
         from .torch_baseline import TorchBackend
 

@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         names = parse_variants(args.variants)
         manifest = quantize_folder(args.folder, names, options, log)
         if args.rank:
-            from gte_onnx.bench.ranking import rank_variants
+            from gte_onnx.bench.rank import rank_variants
 
             log("ranking the variants' speed on the CPU (gte-onnx bench)")
             ranking = rank_variants(args.folder, provider="CPUExecutionProvider", threads=args.threads, record=True)

@@ -4,7 +4,7 @@ batched run loop: sort by length -> token-budget batches -> session.run -> postp
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -29,6 +29,7 @@ class LoadedModel:
         truncate: str = "end",
         revision: str | None = None,
         verify: bool = True,
+        session_config: Mapping[str, str] | None = None,
     ):
         self.folder = resolve_model_folder(model, revision)
         self.manifest = Manifest.load(self.folder)
@@ -44,7 +45,8 @@ class LoadedModel:
         self.tokenizer = TextTokenizer.from_folder(
             self.folder, self.manifest.max_length, self.manifest.tokenizer.get("pad_token_id")
         )
-        self.onnx = OnnxModel(self.folder, self.manifest, variant, providers, threads, verify=verify)
+        self.onnx = OnnxModel(self.folder, self.manifest, variant, providers, threads, verify=verify,
+                              session_config=session_config)
 
     @property
     def variant(self) -> str:
@@ -103,9 +105,11 @@ class FolderModel:
         truncate: str = "end",
         revision: str | None = None,
         verify: bool = True,
+        session_config: Mapping[str, str] | None = None,
     ):
         self._model = LoadedModel(
-            model, self.task, variant, providers, threads, max_batch_tokens, truncate, revision, verify
+            model, self.task, variant, providers, threads, max_batch_tokens, truncate, revision, verify,
+            session_config,
         )
         self.manifest = self._model.manifest
         self.folder = self._model.folder

@@ -18,6 +18,7 @@ examples:
   gte-onnx bench ./gte-onnx-model --threads 2 --torch auto --json bench.json --plot bench.png
   gte-onnx bench ./gte-onnx-model --variants fp32,int8 --shapes 32x128 --record
   gte-onnx bench ./gte-onnx-model --corpus cisi --short
+  gte-onnx bench ./gte-onnx-model --torch auto --peers optimum,openvino --fidelity
   gte-onnx bench ./gte-onnx-model --short --twins            # is the schedule fair? the twins should agree
 """
 
@@ -56,6 +57,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmups", type=int, help="exact warm-up runs per cell (default: adaptive)")
     p.add_argument("--repeats", type=int, help="exact timed runs per cell (default: adaptive)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic token ids (default 0)")
+    p.add_argument("--peers", metavar="LIST", help="also build and time other engines from the same "
+                   "checkpoint (--torch's model, default auto): optimum (plain ONNX export fp32 + dynamic int8), "
+                   "openvino (default precision + NNCF int8), or single peers such as openvino-int8; needs "
+                   "the [peers] extra for openvino")
+    p.add_argument("--peers-cache", metavar="DIR", help="where built peers are kept between runs (default "
+                   "~/.cache/gte-onnx/bench-peers)")
+    p.add_argument("--fidelity", action="store_true", help="measure every contender's pooled outputs on the "
+                   "parity probe texts against PyTorch fp32 (max |diff|, centred cosine); needs --torch")
     p.add_argument("--twins", nargs="?", const="best", metavar="NAME", help="run one contender twice, as two "
                    "workers, and report the twins' median ratio per shape (a check of the schedule's fairness; "
                    "default: the variant variant='auto' would pick)")
@@ -77,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace, argv: Sequence[str]):
     from .measure import FULL_POLICY, SHORT_POLICY
+    from .peers import parse_peers
     from .runner import BenchConfig
 
     for name in ("threads", "corpus_limit", "warmups", "repeats", "batch_size"):
@@ -121,6 +131,9 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str]):
         spinning=args.spinning,
         schedule_seed=args.schedule_seed,
         twins=args.twins,
+        peers=parse_peers(args.peers),
+        peers_cache=args.peers_cache,
+        fidelity=args.fidelity,
         progress=not args.no_progress,
         command="gte-onnx bench " + shlex.join(list(argv)),
     )
@@ -168,7 +181,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("gte-onnx bench: interrupted", file=sys.stderr)
         return 130
-    failed = [r for r in result["results"] if r["error"] is not None]
+    # A peer that failed is reported, not a failure of the run: it is someone else's engine.
+    failed = [r for r in result["results"] if r["error"] is not None and r["kind"] != "peer"]
     return 1 if failed else 0
 
 

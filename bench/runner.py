@@ -47,6 +47,8 @@ SCHEDULE_DESIGN = ("per cell: a seeded random order of the contenders, mirrored 
 TORCH_PROVIDER = "torch"
 TORCH_FP32, TORCH_BF16 = "torch-fp32", "torch-bf16"
 CPU = "CPUExecutionProvider"
+# --fidelity: the figures kept per contender (names of gte_onnx.parity.figures.embedding_figures).
+FIDELITY_FIGURES = ("max_abs_diff", "centred_cosine_mean", "centred_cosine_min", "cosine_mean")
 # A short corpus run embeds the first documents only; a full run embeds them all.
 SHORT_CORPUS_LIMIT = 128
 
@@ -73,6 +75,9 @@ class BenchConfig:
     spinning: str = "stop"
     schedule_seed: int | None = None  # None: the same as `seed`
     twins: str | None = None  # "best" or a variant name: run that contender twice, as two workers
+    peers: Sequence[str] = ()  # peer names (peers.parse_peers): other engines built from the same checkpoint
+    peers_cache: str | None = None  # None: ~/.cache/gte-onnx/bench-peers
+    fidelity: bool = False  # measure every contender's pooled outputs against PyTorch fp32 on probe inputs
     progress: bool = True
     command: str | None = None
 
@@ -102,6 +107,7 @@ class Contender:
     corpus_load: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     twin_of: str | None = None  # the key of the contender this one duplicates (--twins)
+    measured_fidelity: dict[str, Any] | None = None  # --fidelity: figures against PyTorch fp32
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -119,8 +125,15 @@ class Contender:
             "info": self.load.get("info", {}),
             # The corpus phase's fresh process: Embedder(...) (tokenizer + session) or the PyTorch model.
             "corpus_load_s": self.corpus_load.get("load_s"),
+            "measured_fidelity": self.measured_fidelity,
             "error": self.error,
         }
+
+
+def _folder_bytes(folder: Path) -> int | None:
+    if not folder.is_dir():
+        return None
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def default_shapes(short: bool) -> list[Shape]:
@@ -179,9 +192,34 @@ def plan_contenders(manifest: Manifest, config: BenchConfig, providers: Sequence
                 meta={"variant": None, "file": None, "file_bytes": None, "recipe": {}, "fidelity": {},
                       "passed": None, "torch_model": spec},
             ))
+    if config.peers:
+        contenders.extend(plan_peers(manifest, config))
     if config.twins:
         contenders.append(twin_contender(manifest, contenders, config.twins))
     return contenders
+
+
+def plan_peers(manifest: Manifest, config: BenchConfig) -> list[Contender]:
+    """One contender per peer; they are built (or found in the cache) before the workers start."""
+    from .peers import PEER_ENGINE, cache_folder, peer_versions
+    from .torch_baseline import resolve_torch_spec
+
+    if manifest.task != "embedding":
+        raise InvalidInputError("--peers compares embedding models; this folder holds a "
+                                f"{manifest.task!r} model")
+    torch_spec = resolve_torch_spec(config.torch or "auto", manifest)
+    cache = cache_folder(config.peers_cache, torch_spec, peer_versions())
+    return [
+        Contender(
+            key=name, name=name, kind="peer", provider=PEER_ENGINE[name],
+            spec={"kind": "peer", "peer": name, "engine": PEER_ENGINE[name], "cache": str(cache),
+                  "folder": str(config.folder), "threads": config.threads, "spinning": config.spinning,
+                  "torch": torch_spec},
+            meta={"variant": None, "file": None, "file_bytes": None, "recipe": {}, "fidelity": {},
+                  "passed": None, "peer_cache": str(cache)},
+        )
+        for name in config.peers
+    ]
 
 
 TWIN_SUFFIX = "~twin"
@@ -312,6 +350,58 @@ class _Run:
         return [c for c in self.contenders
                 if c.error is None and c.key in self.workers and self.workers[c.key].alive]
 
+    def build_peers(self) -> None:
+        """Build every peer family missing from the cache, one worker per family (torch lives there only)."""
+        from .peers import families_of
+
+        peers = [c for c in self.contenders if c.kind == "peer"]
+        if not peers:
+            return
+        first = peers[0].spec
+        for family, names in families_of([c.name for c in peers]).items():
+            members = [c for c in peers if c.name in names]
+            self.progress.note(f"building peers {', '.join(names)} (once; cached in {first['cache']})")
+            worker = None
+            try:
+                worker = WorkerProcess(f"build-{family}", {
+                    "kind": "peer_build", "peers": names, "cache": first["cache"], "torch": first["torch"],
+                    "folder": first["folder"], "spinning": self.config.spinning}, self.config.threads)
+                built = worker.request("load", self.config.call_timeout_s)["info"]["built"]
+                for contender in members:
+                    contender.meta["build"] = built.get(contender.name, {})
+                    contender.meta["file_bytes"] = _folder_bytes(Path(first["cache"]) / contender.name)
+            except WorkerError as exc:
+                for contender in members:
+                    contender.error = f"building peer {contender.name} failed: {exc}"
+            finally:
+                if worker is not None:
+                    worker.close()
+
+    def measure_fidelity(self, probe_ids: list[list[int]]) -> None:
+        """Every live contender's pooled outputs on the probe inputs against PyTorch fp32's."""
+        from ..parity.figures import embedding_figures
+
+        reference = next((c for c in self.live() if c.name == TORCH_FP32), None)
+        if reference is None:
+            for contender in self.contenders:
+                contender.measured_fidelity = {"error": "no PyTorch fp32 reference (it failed to load)"}
+            return
+        import numpy as np
+
+        timeout = self.config.call_timeout_s
+        ref = np.asarray(self.workers[reference.key].request("pooled", timeout, ids=probe_ids)["vectors"])
+        for contender in self.live():
+            if contender is reference:
+                continue
+            self.progress.note(f"fidelity {contender.key}")
+            try:
+                got = np.asarray(self.workers[contender.key].request("pooled", timeout, ids=probe_ids)["vectors"])
+                figures = embedding_figures(ref, got)
+                contender.measured_fidelity = {k: figures[k] for k in FIDELITY_FIGURES if k in figures}
+            except (WorkerError, ValueError) as exc:
+                contender.measured_fidelity = {"error": str(exc)}
+        reference.measured_fidelity = {"reference": True}
+
     def start_all(self, mode: str = "shapes") -> None:
         """Start and load one worker per contender, one after the other (so load times do not overlap).
 
@@ -322,6 +412,8 @@ class _Run:
         for contender in self.contenders:
             if contender.error is not None:
                 continue  # it failed to load already; its rows carry that error
+            if mode == "corpus" and contender.kind == "peer":
+                continue  # peers are measured on the shapes: the corpus goes through our Embedder.encode
             self.progress.note(f"loading {contender.key}")
             try:
                 worker = WorkerProcess(contender.key, {**contender.spec, "mode": mode}, self.config.threads)
@@ -424,6 +516,8 @@ class _Run:
         )
         rows = []
         for contender in self.contenders:
+            if contender.kind == "peer":
+                continue
             outcome = outcomes.get(contender.key)
             error = outcome.error if outcome else self._reason(contender)
             reply = replies.get(contender.key, {})
@@ -435,6 +529,17 @@ class _Run:
         for worker in self.workers.values():
             worker.close()
         self.workers = {}
+
+
+def probe_ids(folder: Path, manifest: Manifest) -> list[list[int]]:
+    """Token ids of the parity probe texts (short, code, numbers, other languages, CISI, window edges,
+    one long text), truncated to the model's max length."""
+    from ..parity.probes import build_probe_set
+    from ..tokenize import TextTokenizer
+
+    texts = build_probe_set(tokenizer_path(folder, manifest.tokenizer), manifest.max_length).texts
+    tokenizer = TextTokenizer.from_folder(folder, manifest.max_length, manifest.tokenizer.get("pad_token_id"))
+    return [list(map(int, ids)) for ids in tokenizer.encode(list(texts), "end").ids]
 
 
 def run_bench(config: BenchConfig) -> dict[str, Any]:
@@ -462,6 +567,12 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
             raise InvalidInputError("--corpus embeds documents with Embedder.encode: it needs an embedding model")
         limit = config.corpus_limit if config.corpus_limit is not None else (SHORT_CORPUS_LIMIT if config.short else None)
         corpus_name, texts = load_corpus(config.corpus, limit)
+    if config.fidelity:
+        if manifest.task != "embedding":
+            raise InvalidInputError("--fidelity compares pooled embeddings: it needs an embedding model")
+        if not config.torch or "fp32" not in config.torch_dtypes:
+            raise InvalidInputError("--fidelity measures against PyTorch fp32: add --torch MODEL (e.g. auto) "
+                                    "with fp32 among --torch-dtypes")
     contenders = plan_contenders(manifest, config, providers)
     machine = describe_machine()
 
@@ -470,7 +581,10 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     run = _Run(config, contenders, progress)
     rows: list[dict[str, Any]] = []
     try:
+        run.build_peers()
         run.start_all()
+        if config.fidelity:
+            run.measure_fidelity(probe_ids(folder, manifest))
         for shape in sorted(shapes, key=lambda s: (s.tokens, s.length)):
             rows.extend(run.shape_rows(shape, token_source.synthetic_ids(shape, config.seed)))
         if texts:
@@ -512,6 +626,9 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
             "spinning": config.spinning,
             "schedule_seed": config.resolved_schedule_seed(),
             "twins": config.twins,
+            "peers": list(config.peers),
+            "fidelity": "pooled outputs of the parity probe texts, one at a time, against PyTorch fp32"
+                        if config.fidelity else None,
         },
         "contenders": [c.to_json() for c in contenders],
         "results": rows,

@@ -70,6 +70,9 @@ class OnnxBackend:
     def prepare(self, input_ids: np.ndarray) -> dict[str, np.ndarray]:
         return self.model.feed(input_ids, np.ones_like(input_ids))
 
+    def hidden(self, input_ids: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model.run(self.prepare(input_ids)), dtype=np.float32)
+
     def run(self, feed: Mapping[str, np.ndarray]) -> float:
         start = time.perf_counter()
         self.model.run(feed)
@@ -93,12 +96,17 @@ class OnnxBackend:
 def import_library(spec: Mapping[str, Any]) -> float:
     """Import the backend's engine up front and time it: a cold start's cost apart from the model's."""
     start = time.perf_counter()
-    if spec.get("kind") == "torch":
+    if spec.get("kind") in ("torch", "peer_build"):
         try:
             import torch  # noqa: F401
             import transformers  # noqa: F401
         except ImportError:
             pass  # TorchBackend.load() raises the error with the install hint
+    elif spec.get("kind") == "peer" and spec.get("engine") == "openvino":
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            pass  # PeerBackend.load() raises the error with the install hint
     else:
         try:
             import onnxruntime  # noqa: F401
@@ -116,14 +124,33 @@ def make_backend(spec: Mapping[str, Any]):
         from .torch_baseline import TorchBackend
 
         return TorchBackend(spec["torch"], spec["dtype"], spec.get("threads"), spec["folder"])
+    if kind in ("peer", "peer_build"):
+        from .peer_backends import PeerBackend, PeerBuilder
+
+        return PeerBackend(spec) if kind == "peer" else PeerBuilder(spec)
     raise ValueError(f"unknown worker kind {kind!r}")
 
 
 class WorkerLoop:
     def __init__(self, spec: Mapping[str, Any]):
+        self.spec = dict(spec)
         self.backend = make_backend(spec)
         self.inputs: dict[str, Any] = {}
         self.corpus: list[str] = []
+
+    def pooled(self, texts_ids: Sequence[Sequence[int]]) -> list[list[float]]:
+        """The model folder's pooling of each probe input, one input at a time (no padding involved),
+        unnormalised: what --fidelity compares against PyTorch fp32."""
+        from ..manifest import Manifest
+        from ..pooling import pool
+
+        pooling = Manifest.load(self.spec["folder"]).pooling
+        out = []
+        for ids in texts_ids:
+            row = np.asarray([ids], dtype=np.int64)
+            hidden = self.backend.hidden(row)
+            out.append(pool(pooling, hidden, np.ones_like(row))[0].astype(np.float64).tolist())
+        return out
 
     def handle(self, cmd: Mapping[str, Any]) -> dict[str, Any]:
         op = cmd.get("op")
@@ -137,6 +164,8 @@ class WorkerLoop:
             return {}
         if op == "run":
             return {"seconds": self.backend.run(self.inputs[cmd["key"]])}
+        if op == "pooled":
+            return {"vectors": self.pooled(cmd["ids"])}
         if op == "reset_peak":
             return {"supported": reset_peak_rss()}
         if op == "peak":

@@ -17,10 +17,14 @@ def __getattr__(name: str):
         from . import runner
 
         return getattr(runner, name)
-    if name in ("rank_variants", "record_ranking"):
-        from . import ranking
+    if name == "rank_variants":
+        from .rank import rank_variants
 
-        return getattr(ranking, name)
+        return rank_variants
+    if name == "record_ranking":
+        from .ranking import record_ranking
+
+        return record_ranking
     if name == "main":
         from .cli import main
 

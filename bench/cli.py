@@ -19,6 +19,8 @@ examples:
   gte-onnx bench ./gte-onnx-model --threads 2 --torch auto --json bench.json --plot bench.png
   gte-onnx bench ./gte-onnx-model --variants fp32,int8 --shapes 32x128 --record
   gte-onnx bench ./gte-onnx-model --corpus cisi --short
+  gte-onnx bench ./gte-onnx-model --torch auto --peers optimum,openvino --fidelity
+  gte-onnx bench ./gte-onnx-model --short --twins            # is the schedule fair? the twins should agree
 """
 
 
@@ -57,6 +59,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmups", type=int, help="exact warm-up runs per cell (default: adaptive)")
     p.add_argument("--repeats", type=int, help="exact timed runs per cell (default: adaptive)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic token ids (default 0)")
+    p.add_argument("--peers", metavar="LIST", help="also build and time other engines from the same "
+                   "checkpoint (--torch's model, default auto): optimum (plain ONNX export fp32 + dynamic int8), "
+                   "openvino (default precision + NNCF int8), or single peers such as openvino-int8; needs "
+                   "the [peers] extra for openvino")
+    p.add_argument("--peers-cache", metavar="DIR", help="where built peers are kept between runs (default "
+                   "~/.cache/gte-onnx/bench-peers)")
+    p.add_argument("--fidelity", action="store_true", help="measure every contender's pooled outputs on the "
+                   "parity probe texts against PyTorch fp32 (max |diff|, centred cosine); needs --torch")
+    p.add_argument("--twins", nargs="?", const="best", metavar="NAME", help="run one contender twice, as two "
+                   "workers, and report the twins' median ratio per shape (a check of the schedule's fairness; "
+                   "default: the variant variant='auto' would pick)")
+    p.add_argument("--gap", type=float, default=0.25, metavar="SECONDS", help="idle pause before every "
+                   "timed run, so that nothing the previous call left running is timed (default 0.25)")
+    p.add_argument("--spinning", choices=("stop", "off", "on"), default="stop", help="worker thread pools: "
+                   "'stop' spins during a run only (default), 'off' never, 'on' is ONNX Runtime's default "
+                   "(spinning on after a run, onto the next contender's cores)")
+    p.add_argument("--schedule-seed", type=int, help="seed of the random order of each round (default: --seed)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds one call may take before its "
                    "worker is stopped (default 1800)")
     p.add_argument("--json", metavar="OUT", help="write the full record (machine, settings, samples) as JSON")
@@ -72,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(args: argparse.Namespace, argv: Sequence[str]):
     from .measure import FULL_POLICY, SHORT_POLICY
+    from .peers import parse_peers
     from .runner import BenchConfig
 
     for name in ("threads", "corpus_limit", "warmups", "repeats", "batch_size"):
@@ -80,6 +100,8 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str]):
             raise InvalidInputError(f"--{name.replace('_', '-')} must be at least {0 if name == 'warmups' else 1}")
     if args.timeout <= 0:
         raise InvalidInputError("--timeout must be positive")
+    if args.gap < 0:
+        raise InvalidInputError("--gap must be >= 0 seconds")
     policy = None
     if args.warmups is not None or args.repeats is not None:
         base = SHORT_POLICY if args.short else FULL_POLICY
@@ -114,6 +136,13 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str]):
         policy=policy,
         seed=args.seed,
         call_timeout_s=args.timeout,
+        gap_s=args.gap,
+        spinning=args.spinning,
+        schedule_seed=args.schedule_seed,
+        twins=args.twins,
+        peers=parse_peers(args.peers),
+        peers_cache=args.peers_cache,
+        fidelity=args.fidelity,
         progress=not args.no_progress,
         command="gte-onnx bench " + shlex.join(list(argv)),
     )
@@ -137,6 +166,11 @@ def main(argv: Sequence[str]) -> int:
             raise missing_dependency("matplotlib", "bench", "gte-onnx bench --plot") from None
     result = run_bench(config)
     print(format_report(result))
+    twins = result.get("twins")
+    if twins and twins["outside"]:
+        print(f"gte-onnx bench: warning: the twins {twins['of']} and {twins['twin']} differ by more than "
+              f"5% at {', '.join(twins['outside'])}: this run's small ratios are not trustworthy",
+              file=sys.stderr)
     if args.json:
         print(f"wrote {write_json(result, args.json)}")
     if args.plot:
@@ -146,7 +180,8 @@ def main(argv: Sequence[str]) -> int:
         for provider, names in result["ranking"].items():
             if names:
                 print(f"recorded speed_ranking[{provider}] = {list(updated.speed_ranking[provider])}")
-    failed = [r for r in result["results"] if r["error"] is not None]
+    # A peer that failed is reported, not a failure of the run: it is someone else's engine.
+    failed = [r for r in result["results"] if r["error"] is not None and r["kind"] != "peer"]
     return 1 if failed else 0
 
 

@@ -5,13 +5,15 @@ injected fake timings.
 
 Why interleave: on a shared machine the speed drifts (other jobs, thermal state, page cache). Running all
 repeats of variant A and then all of variant B turns that drift into a fake difference between A and B.
-Round-robin repeats (A B C, B C A, C A B, ...) spread the drift over every variant evenly, and rotating the
-start removes the bias of always running right after the same neighbour.
+Interleaved rounds (A B C, C B A, B A C, ...) spread the drift over every variant evenly; a seeded random
+order per round, mirrored every other round, gives every variant the same neighbours on average, so what
+one leaves behind (spinning threads, cache state) does not fall on the same other variant every time.
 """
 
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -167,12 +169,47 @@ SHORT_POLICY = RepeatPolicy(min_warmups=1, max_warmups=2, warmup_budget_s=0.5, m
                             max_repeats=20, budget_s=2.0, heavy_s=3.0, heavy_min_repeats=2)
 
 
-def rotation(names: Sequence[str], round_index: int) -> list[str]:
-    """The order of one round-robin round: the list rotated by the round number."""
-    if not names:
-        return []
-    k = round_index % len(names)
-    return list(names[k:]) + list(names[:k])
+class RoundOrder:
+    """The order of every round of an interleaved cell: seeded, random, balanced, and recorded.
+
+    Round 2k is a fresh random permutation of the runners still active; round 2k+1 is its mirror image.
+    Over each pair of rounds every runner then precedes every other exactly once, and sits at each
+    position as often as at the mirrored one, so what one runner leaves behind (spinning threads, a
+    warm or evicted cache, a throttled core) falls on every other runner equally often. A fixed
+    rotation does not do that: each runner always follows the same neighbour.
+    `rounds` keeps every round as run, {"phase", "order"}, for the JSON record.
+    """
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+        self._rng = random.Random(seed)
+        self._mirror_of: list[str] | None = None
+        self.rounds: list[dict[str, object]] = []
+
+    def next(self, active: Sequence[str], phase: str) -> list[str]:
+        if self._mirror_of is not None and set(active) <= set(self._mirror_of):
+            order = [name for name in reversed(self._mirror_of) if name in active]
+            self._mirror_of = None
+        else:
+            order = list(active)
+            self._rng.shuffle(order)
+            self._mirror_of = order
+        self.rounds.append({"phase": phase, "order": order})
+        return order
+
+    def phase_done(self) -> None:
+        """A new phase (warm-ups -> timed runs) starts with a fresh permutation."""
+        self._mirror_of = None
+
+
+def precedence_counts(rounds: Sequence[Sequence[str]]) -> dict[tuple[str, str], int]:
+    """(a, b) -> in how many rounds a ran before b: the order statistic a fair schedule balances."""
+    counts: dict[tuple[str, str], int] = {}
+    for order in rounds:
+        for i, a in enumerate(order):
+            for b in order[i + 1:]:
+                counts[(a, b)] = counts.get((a, b), 0) + 1
+    return counts
 
 
 @dataclass
@@ -193,22 +230,25 @@ def interleave(
     runners: Mapping[str, Runner],
     policy: RepeatPolicy,
     on_call: Callable[[str, str], None] | None = None,
-    switch_pause_s: float = 0.0,
+    gap_s: float = 0.0,
     sleep: Callable[[float], None] = time.sleep,
+    order: RoundOrder | None = None,
 ) -> dict[str, CellOutcome]:
-    """Warm up, then time every runner in rotating round-robin order until each one's policy is met.
+    """Warm up, then time every runner, each round in the order `order` gives, until each one's policy is met.
 
-    A runner that raises is recorded with its error and leaves the rotation; the others go on.
-    `switch_pause_s` sleeps between calls of different runners so that the thread pool of the previous
-    process stops spinning before the next one is timed (ORT and OpenMP spin briefly after each call).
+    A runner that raises is recorded with its error and leaves the rounds; the others go on.
+    `gap_s` is an idle pause before every timed run (and before a warm-up of a different runner than the
+    last), so that whatever the previous call left running (a thread pool that spins on, a pending page
+    write-back) has stopped before the clock starts.
     `on_call(name, phase)` is told of each call ("warmup" or "repeat"), for progress display.
     """
+    order = order or RoundOrder()
     outcomes = {name: CellOutcome(warmups=[], samples=[]) for name in runners}
     last: list[str | None] = [None]
 
     def call(name: str, phase: str) -> None:
-        if switch_pause_s > 0 and last[0] is not None and last[0] != name:
-            sleep(switch_pause_s)
+        if gap_s > 0 and (phase == "repeat" or (last[0] is not None and last[0] != name)):
+            sleep(gap_s)
         last[0] = name
         outcome = outcomes[name]
         try:
@@ -229,15 +269,11 @@ def interleave(
         ("warmup", policy.warmup_done, "warmups"),
         ("repeat", policy.repeats_done, "samples"),
     ):
-        round_index = 0
+        order.phase_done()
         while True:
-            active = [
-                n for n in rotation(names, round_index)
-                if outcomes[n].error is None and not done(getattr(outcomes[n], bucket))
-            ]
+            active = [n for n in names if outcomes[n].error is None and not done(getattr(outcomes[n], bucket))]
             if not active:
                 break
-            for name in active:
+            for name in order.next(active, phase):
                 call(name, phase)
-            round_index += 1
     return outcomes

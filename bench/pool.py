@@ -28,8 +28,15 @@ class WorkerError(GteOnnxError, RuntimeError):
     code = "bench_worker_error"
 
 
-def _child_env(threads: int | None) -> dict[str, str]:
+# OpenMP (PyTorch's thread pool) has no "stop spinning after the call" switch: with spinning "stop" or
+# "off" its threads sleep as soon as they are idle (GNU and Intel OpenMP both read these).
+OPENMP_PASSIVE = {"OMP_WAIT_POLICY": "PASSIVE", "KMP_BLOCKTIME": "0"}
+
+
+def _child_env(threads: int | None, spinning: str = "stop") -> dict[str, str]:
     env = dict(os.environ)
+    if spinning != "on":
+        env.update(OPENMP_PASSIVE)
     # The worker must import the very same gte_onnx as the parent (a checkout, an editable install...).
     paths = [p for p in sys.path if p]
     if env.get("PYTHONPATH"):
@@ -46,6 +53,7 @@ class WorkerProcess:
 
     def __init__(self, name: str, spec: Mapping[str, Any], threads: int | None = None,
                  start_timeout_s: float = 120.0):
+        """`spec["spinning"]` ("stop", "off", "on") also sets the child's OpenMP wait policy."""
         self.name = name
         self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the worker; close() ends it
             prefix=f"gte-onnx-bench-{_safe(name)}-", suffix=".log", delete=False
@@ -56,7 +64,7 @@ class WorkerProcess:
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=self._log,
-            env=_child_env(threads),
+            env=_child_env(threads, str(spec.get("spinning", "stop"))),
             text=True,
             encoding="utf-8",
         )

@@ -2,6 +2,8 @@
 
 The runtime picks, per provider, the first variant of `manifest.speed_ranking[provider]` that passes its
 fidelity gate, so the ranking must be measured on that provider, not guessed from the variant's name.
+
+Pure bookkeeping on measured rows: measuring them is rank.py's rank_variants (it runs a bench).
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ def rank_rows(rows: Sequence[Mapping[str, Any]], provider: str) -> list[str]:
     for row in rows:
         if row.get("kind") != "onnx" or row.get("provider") != provider or row.get("mode") != "shape":
             continue
+        if row.get("twin_of"):
+            continue  # a second worker of a variant already ranked (--twins)
         name = row["variant"]
         if row.get("error") is not None or not row.get("median_s"):
             failed.add(name)
@@ -70,38 +74,3 @@ def record_ranking(folder: str | Path, ranking: Mapping[str, Sequence[str]]) -> 
     updated = manifest.replace(speed_ranking=merged)
     updated.save(folder)
     return updated
-
-
-def rank_variants(
-    folder: str | Path,
-    provider: str = "CPUExecutionProvider",
-    threads: int | None = None,
-    shapes: Sequence[str] = RANK_SHAPES,
-    variants: Sequence[str] | None = None,
-    short: bool = True,
-    record: bool = False,
-    progress: bool = False,
-) -> list[str]:
-    """Measure the folder's variants on one provider and return their names, fastest first.
-
-    For the quantize step: `rank_variants(folder)` after adding variants, or `record=True` to also write
-    the result into the manifest's speed_ranking. Each variant runs in its own process, interleaved.
-    """
-    from .runner import BenchConfig, run_bench
-    from .shapes import parse_shapes
-
-    config = BenchConfig(
-        folder=Path(folder),
-        variants=list(variants) if variants else None,
-        providers=[provider],
-        shapes=parse_shapes(list(shapes)),
-        threads=threads,
-        short=short,
-        progress=progress,
-    )
-    result = run_bench(config)
-    provider_name = result["settings"]["providers"][0]
-    ranking = result["ranking"].get(provider_name, [])
-    if record:
-        record_ranking(folder, {provider_name: ranking})
-    return ranking

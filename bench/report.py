@@ -28,7 +28,8 @@ SIMILARITY_FIGURES = ("centred_cosine_mean", "centred_cosine_min", "cosine_mean"
                       "logit_spearman", "score_spearman")
 # Data-set figures worth a column of their own when recorded.
 DROP_FIGURES = ("sts_drop", "cisi_ndcg_drop")
-PROVIDER_SHORT = {"CPUExecutionProvider": "CPU", "CUDAExecutionProvider": "CUDA"}
+PROVIDER_SHORT = {"CPUExecutionProvider": "CPU", "CUDAExecutionProvider": "CUDA", "onnxruntime": "ORT",
+                  "openvino": "OpenVINO"}
 
 
 # Nested fidelity records that hold figures of the variant itself (not gate limits or fp32's scores).
@@ -117,8 +118,27 @@ def results_table(result: Mapping[str, Any]) -> str:
     return _pipe_table(header, rows, right)
 
 
+def measured_cell(measured: Mapping[str, Any] | None) -> str:
+    """--fidelity's figures against PyTorch fp32, in one cell."""
+    if not measured:
+        return "-"
+    if measured.get("reference"):
+        return "reference"
+    if measured.get("error"):
+        return "failed: " + _first_line(measured["error"], 60)
+    parts = []
+    if "max_abs_diff" in measured:
+        parts.append(f"max|diff| {measured['max_abs_diff']:.2g}")
+    if "centred_cosine_mean" in measured:
+        parts.append(f"centred cos {measured['centred_cosine_mean']:.5f}")
+    return ", ".join(parts) or "-"
+
+
 def contenders_table(result: Mapping[str, Any]) -> str:
     header = ["variant", "EP", "file MB", "import s", "load s", "fidelity (recorded)", "gate"]
+    measured = any(c.get("measured_fidelity") for c in result["contenders"])
+    if measured:
+        header.append("fidelity vs PyTorch fp32 (measured)")
     rows = []
     for c in result["contenders"]:
         figures = fidelity_figures(c.get("fidelity") or {})
@@ -132,8 +152,8 @@ def contenders_table(result: Mapping[str, Any]) -> str:
             c["name"], PROVIDER_SHORT.get(c["provider"], c["provider"]), _mb(c.get("file_bytes")),
             _fmt(c.get("import_s"), ".2f"), _fmt(c.get("load_s"), ".2f"), ", ".join(parts) or "-",
             gate if c.get("error") is None else "load failed",
-        ])
-    return _pipe_table(header, rows, [False, False, True, True, True, False, False])
+        ] + ([measured_cell(c.get("measured_fidelity"))] if measured else []))
+    return _pipe_table(header, rows, [False, False, True, True, True, False, False] + [False] * measured)
 
 
 def failures(result: Mapping[str, Any]) -> list[str]:
@@ -172,11 +192,18 @@ def format_report(result: Mapping[str, Any]) -> str:
            if policy.get("heavy_s") else "")
         + f" after {policy['min_warmups']}+ warm-ups; peak RSS per {settings['rss_scope']}, one process per "
         "variant; n per row in the JSON",
+        (f"schedule: seeded random order per round, mirrored every other round (seed "
+         f"{settings.get('schedule_seed')}), {settings.get('gap_s', 0):g} s idle before each timed run, "
+         f"thread spinning {settings.get('spinning')}; every round's order in the JSON"),
         "",
         contenders_table(result),
         "",
         results_table(result),
     ]
+    twins = result.get("twins")
+    if twins:
+        lines.append("")
+        lines.append(twins_line(twins))
     problems = failures(result)
     if problems:
         lines.append("\nfailures:")
@@ -186,6 +213,15 @@ def format_report(result: Mapping[str, Any]) -> str:
         lines.append(f"\nspeed ranking on {provider}: {', '.join(names) if names else '(none measured)'}")
     lines.append(f"\ntook {result['duration_s']:.0f} s")
     return "\n".join(lines)
+
+
+def twins_line(twins: Mapping[str, Any]) -> str:
+    """The fairness check in one line: the twin's median over the original's, per cell."""
+    cells = ", ".join(f"{cell} {ratio:.3f}" for cell, ratio in twins["ratios"].items()) or "none measured"
+    low, high = twins["tolerance"]
+    verdict = (f"OUTSIDE {low:g}..{high:g} at {', '.join(twins['outside'])}" if twins["outside"]
+               else f"all within {low:g}..{high:g}")
+    return f"twins {twins['of']} / {twins['twin']} (median ratio, twin / original): {cells}; {verdict}"
 
 
 def _load(machine: Mapping[str, Any]) -> str:
@@ -218,9 +254,57 @@ def _plot_figure(variants: Sequence[tuple[str, Mapping[str, float]]]) -> str | N
     return None
 
 
+# The x axis with --fidelity: every variant and peer measured the same way against PyTorch fp32.
+MEASURED_FIGURE = "centred_cosine_mean"
+
+
+def _point_label(r: Mapping[str, Any]) -> str:
+    return f"{r['name']} ({PROVIDER_SHORT.get(r['provider'], r['provider'])})"
+
+
+def _plotted_rows(rows, shape, kinds):
+    for r in rows:
+        if r["mode"] != "shape" or r["shape"] != shape or r["error"] is not None or r["kind"] not in kinds:
+            continue
+        if r.get("twin_of"):
+            continue  # the same point as its original
+        yield r
+
+
+def _measured_points(rows, shape, contenders) -> list[tuple[Mapping[str, Any], float]]:
+    out = []
+    for r in _plotted_rows(rows, shape, ("onnx", "peer")):
+        figures = contenders[r["key"]].get("measured_fidelity") or {}
+        if MEASURED_FIGURE in figures:
+            out.append((r, figures[MEASURED_FIGURE]))
+    return out
+
+
+def _recorded_points(rows, shape, contenders) -> tuple[str | None, list[tuple[Mapping[str, Any], float, str]]]:
+    """Without --fidelity: the variants' figures recorded in the manifest (peers have none)."""
+    points = [(r, fidelity_figures(contenders[r["key"]].get("fidelity") or {}))
+              for r in _plotted_rows(rows, shape, ("onnx",))]
+    figure_name = _plot_figure([(r["variant"], figures) for r, figures in points])
+    marks = []
+    for r, figures in points:
+        label = _point_label(r)
+        if figure_name is None:
+            x = (contenders[r["key"]].get("file_bytes") or 0) / 1e6
+        elif figure_name in figures:
+            x = figures[figure_name]
+        elif r["variant"] == "fp32" and figure_name in SIMILARITY_FIGURES:
+            # The other variants' figures are measured against fp32: it is the reference, at 1.0.
+            x, label = 1.0, label + " reference"
+        else:
+            continue
+        marks.append((r, x, label))
+    return figure_name, marks
+
+
 def plot(result: Mapping[str, Any], path: str | Path) -> Path:
-    """Speed (tokens/s at the reference shape) against the recorded fidelity figure, one point per
-    variant and provider; the PyTorch baselines are horizontal lines."""
+    """Speed (tokens/s at the reference shape) against fidelity, one point per variant and provider
+    (and per peer, squares, with --fidelity's measured figures); the PyTorch baselines are horizontal
+    lines."""
     try:
         import matplotlib
 
@@ -231,25 +315,15 @@ def plot(result: Mapping[str, Any], path: str | Path) -> Path:
     rows = result["results"]
     shape = _reference_shape(rows)
     contenders = {c["key"]: c for c in result["contenders"]}
-    points = []
-    for r in rows:
-        if r["mode"] != "shape" or r["shape"] != shape or r["error"] is not None or r["kind"] != "onnx":
-            continue
-        points.append((r, fidelity_figures(contenders[r["key"]].get("fidelity") or {})))
-    figure_name = _plot_figure([(r["variant"], figures) for r, figures in points])
+    measured = _measured_points(rows, shape, contenders)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for r, figures in points:
-        label = f"{r['name']} ({PROVIDER_SHORT.get(r['provider'], r['provider'])})"
-        if figure_name is None:
-            x = (contenders[r["key"]].get("file_bytes") or 0) / 1e6
-        elif figure_name in figures:
-            x = figures[figure_name]
-        elif r["variant"] == "fp32" and figure_name in SIMILARITY_FIGURES:
-            # The other variants' figures are measured against fp32: it is the reference, at 1.0.
-            x, label = 1.0, label + " reference"
-        else:
-            continue
-        ax.scatter([x], [r["tokens_per_s"]], s=40)
+    if measured:
+        figure_name = f"{MEASURED_FIGURE} vs PyTorch fp32 (measured on the probe texts)"
+        marks = [(r, x, _point_label(r)) for r, x in measured]
+    else:
+        figure_name, marks = _recorded_points(rows, shape, contenders)
+    for r, x, label in marks:
+        ax.scatter([x], [r["tokens_per_s"]], s=40, marker="o" if r["kind"] == "onnx" else "s")
         ax.annotate(label, (x, r["tokens_per_s"]), textcoords="offset points", xytext=(5, 5), fontsize=9)
     for r in rows:
         if r["kind"] == "torch" and r["mode"] == "shape" and r["shape"] == shape and r["error"] is None:

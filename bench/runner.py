@@ -25,6 +25,7 @@ from .measure import (
     SHORT_POLICY,
     CellOutcome,
     RepeatPolicy,
+    RoundOrder,
     interleave,
     speed_ratio,
     summarize,
@@ -40,10 +41,14 @@ from .shapes import (
     tokenizer_path,
 )
 
-SCHEMA = "gte-onnx-bench/1"
+SCHEMA = "gte-onnx-bench/2"
+SCHEDULE_DESIGN = ("per cell: a seeded random order of the contenders, mirrored every other round (each "
+                   "contender precedes each other equally often), an idle gap before every timed run")
 TORCH_PROVIDER = "torch"
 TORCH_FP32, TORCH_BF16 = "torch-fp32", "torch-bf16"
 CPU = "CPUExecutionProvider"
+# --fidelity: the figures kept per contender (names of gte_onnx.parity.figures.embedding_figures).
+FIDELITY_FIGURES = ("max_abs_diff", "centred_cosine_mean", "centred_cosine_min", "cosine_mean")
 # A short corpus run embeds the first documents only; a full run embeds them all.
 SHORT_CORPUS_LIMIT = 128
 
@@ -64,10 +69,20 @@ class BenchConfig:
     policy: RepeatPolicy | None = None  # None: FULL_POLICY or SHORT_POLICY
     seed: int = 0
     call_timeout_s: float = 1800.0
-    # Lets the previous worker's thread pool stop spinning before the next one is timed.
-    switch_pause_s: float = 0.01
+    # Idle time before every timed run: what the previous call left running has stopped by then.
+    gap_s: float = 0.25
+    # Thread spinning in the workers: "stop" (spin during a run only), "off" or "on" (see worker.py).
+    spinning: str = "stop"
+    schedule_seed: int | None = None  # None: the same as `seed`
+    twins: str | None = None  # "best" or a variant name: run that contender twice, as two workers
+    peers: Sequence[str] = ()  # peer names (peers.parse_peers): other engines built from the same checkpoint
+    peers_cache: str | None = None  # None: ~/.cache/gte-onnx/bench-peers
+    fidelity: bool = False  # measure every contender's pooled outputs against PyTorch fp32 on probe inputs
     progress: bool = True
     command: str | None = None
+
+    def resolved_schedule_seed(self) -> int:
+        return self.seed if self.schedule_seed is None else self.schedule_seed
 
     def resolved_policy(self) -> RepeatPolicy:
         return self.policy or (SHORT_POLICY if self.short else FULL_POLICY)
@@ -91,11 +106,14 @@ class Contender:
     load: dict[str, Any] = field(default_factory=dict)
     corpus_load: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
+    twin_of: str | None = None  # the key of the contender this one duplicates (--twins)
+    measured_fidelity: dict[str, Any] | None = None  # --fidelity: figures against PyTorch fp32
 
     def to_json(self) -> dict[str, Any]:
         return {
             "key": self.key,
             "name": self.name,
+            "twin_of": self.twin_of,
             "kind": self.kind,
             "provider": self.provider,
             **self.meta,
@@ -107,8 +125,15 @@ class Contender:
             "info": self.load.get("info", {}),
             # The corpus phase's fresh process: Embedder(...) (tokenizer + session) or the PyTorch model.
             "corpus_load_s": self.corpus_load.get("load_s"),
+            "measured_fidelity": self.measured_fidelity,
             "error": self.error,
         }
+
+
+def _folder_bytes(folder: Path) -> int | None:
+    if not folder.is_dir():
+        return None
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def default_shapes(short: bool) -> list[Shape]:
@@ -149,7 +174,7 @@ def plan_contenders(manifest: Manifest, config: BenchConfig, providers: Sequence
             contenders.append(Contender(
                 key=key, name=variant.name, kind="onnx", provider=provider,
                 spec={"kind": "onnx", "folder": str(folder), "variant": variant.name,
-                      "provider": provider, "threads": config.threads},
+                      "provider": provider, "threads": config.threads, "spinning": config.spinning},
                 meta=_variant_meta(folder, variant),
             ))
     if config.torch:
@@ -163,11 +188,94 @@ def plan_contenders(manifest: Manifest, config: BenchConfig, providers: Sequence
             contenders.append(Contender(
                 key=name, name=name, kind="torch", provider=TORCH_PROVIDER,
                 spec={"kind": "torch", "folder": str(folder), "torch": spec, "dtype": dtype,
-                      "threads": config.threads},
+                      "threads": config.threads, "spinning": config.spinning},
                 meta={"variant": None, "file": None, "file_bytes": None, "recipe": {}, "fidelity": {},
                       "passed": None, "torch_model": spec},
             ))
+    if config.peers:
+        contenders.extend(plan_peers(manifest, config))
+    if config.twins:
+        contenders.append(twin_contender(manifest, contenders, config.twins))
     return contenders
+
+
+def plan_peers(manifest: Manifest, config: BenchConfig) -> list[Contender]:
+    """One contender per peer; they are built (or found in the cache) before the workers start."""
+    from .peers import PEER_ENGINE, cache_folder, peer_versions
+    from .torch_baseline import resolve_torch_spec
+
+    if manifest.task != "embedding":
+        raise InvalidInputError("--peers compares embedding models; this folder holds a "
+                                f"{manifest.task!r} model")
+    torch_spec = resolve_torch_spec(config.torch or "auto", manifest)
+    cache = cache_folder(config.peers_cache, torch_spec, peer_versions())
+    return [
+        Contender(
+            key=name, name=name, kind="peer", provider=PEER_ENGINE[name],
+            spec={"kind": "peer", "peer": name, "engine": PEER_ENGINE[name], "cache": str(cache),
+                  "folder": str(config.folder), "threads": config.threads, "spinning": config.spinning,
+                  "torch": torch_spec},
+            meta={"variant": None, "file": None, "file_bytes": None, "recipe": {}, "fidelity": {},
+                  "passed": None, "peer_cache": str(cache)},
+        )
+        for name in config.peers
+    ]
+
+
+TWIN_SUFFIX = "~twin"
+
+
+def twin_contender(manifest: Manifest, contenders: Sequence[Contender], which: str) -> Contender:
+    """A second, identical worker of one contender: "best" picks the variant `variant="auto"` would load
+    on the first provider (the fastest recorded one that passes its gate), else a contender's key."""
+    from ..session import choose_variant
+
+    onnx = [c for c in contenders if c.kind == "onnx"]
+    if which == "best":
+        if not onnx:
+            raise InvalidInputError("--twins: no ONNX variant is measured; name a contender with --twins NAME")
+        try:
+            best = choose_variant(manifest, "auto", onnx[0].provider).name
+        except VariantError:
+            best = onnx[0].name
+        original = next((c for c in onnx if c.name == best), onnx[0])
+    else:
+        original = next((c for c in contenders if which in (c.key, c.name)), None)
+        if original is None:
+            raise InvalidInputError(f"--twins {which!r}: no such contender in this run; it has "
+                                    f"{[c.key for c in contenders]}")
+    return Contender(key=original.key + TWIN_SUFFIX, name=original.name + TWIN_SUFFIX, kind=original.kind,
+                     provider=original.provider, spec=dict(original.spec), meta=dict(original.meta),
+                     twin_of=original.key)
+
+
+# The twins' median ratio outside this range means the schedule still favours some positions.
+TWIN_TOLERANCE = (0.95, 1.05)
+
+
+def twin_report(rows: Sequence[dict[str, Any]], contenders: Sequence[Contender]) -> dict[str, Any] | None:
+    """Per shape (and corpus): the twin's median over the original's; `outside` lists the cells whose
+    ratio falls outside TWIN_TOLERANCE."""
+    twin = next((c for c in contenders if c.twin_of), None)
+    if twin is None:
+        return None
+    medians: dict[tuple[str, str], dict[str, float]] = {}
+    for row in rows:
+        if row["key"] in (twin.key, twin.twin_of) and row["error"] is None and row["median_s"]:
+            medians.setdefault((row["mode"], row["shape"]), {})[row["key"]] = row["median_s"]
+    ratios = {}
+    for (mode, shape), pair in medians.items():
+        if len(pair) == 2:
+            ratios[shape if mode == "shape" else f"{mode}:{shape}"] = pair[twin.key] / pair[twin.twin_of]
+    low, high = TWIN_TOLERANCE
+    return {
+        "of": twin.twin_of,
+        "twin": twin.key,
+        "ratio": "twin median / original median",
+        "ratios": ratios,
+        "tolerance": list(TWIN_TOLERANCE),
+        "outside": [cell for cell, r in ratios.items() if not low <= r <= high],
+    }
 
 
 def BenchProgress(total: int, enabled: bool) -> Progress:
@@ -181,6 +289,7 @@ def _row(contender: Contender, mode: str, label: str, batch: int | None, length:
     row: dict[str, Any] = {
         "key": contender.key,
         "name": contender.name,
+        "twin_of": contender.twin_of,
         "kind": contender.kind,
         "variant": contender.meta.get("variant"),
         "provider": contender.provider,
@@ -234,10 +343,64 @@ class _Run:
         self.rss_scope = "shape"
         # Why a contender's worker is gone in this phase (died at a shape, corpus load failed, ...).
         self.gone: dict[str, str] = {}
+        # Every cell's rounds in the order they ran: the record that the schedule was fair.
+        self.schedule: list[dict[str, Any]] = []
 
     def live(self) -> list[Contender]:
         return [c for c in self.contenders
                 if c.error is None and c.key in self.workers and self.workers[c.key].alive]
+
+    def build_peers(self) -> None:
+        """Build every peer family missing from the cache, one worker per family (torch lives there only)."""
+        from .peers import families_of
+
+        peers = [c for c in self.contenders if c.kind == "peer"]
+        if not peers:
+            return
+        first = peers[0].spec
+        for family, names in families_of([c.name for c in peers]).items():
+            members = [c for c in peers if c.name in names]
+            self.progress.note(f"building peers {', '.join(names)} (once; cached in {first['cache']})")
+            worker = None
+            try:
+                worker = WorkerProcess(f"build-{family}", {
+                    "kind": "peer_build", "peers": names, "cache": first["cache"], "torch": first["torch"],
+                    "folder": first["folder"], "spinning": self.config.spinning}, self.config.threads)
+                built = worker.request("load", self.config.call_timeout_s)["info"]["built"]
+                for contender in members:
+                    contender.meta["build"] = built.get(contender.name, {})
+                    contender.meta["file_bytes"] = _folder_bytes(Path(first["cache"]) / contender.name)
+            except WorkerError as exc:
+                for contender in members:
+                    contender.error = f"building peer {contender.name} failed: {exc}"
+            finally:
+                if worker is not None:
+                    worker.close()
+
+    def measure_fidelity(self, probe_ids: list[list[int]]) -> None:
+        """Every live contender's pooled outputs on the probe inputs against PyTorch fp32's."""
+        from ..parity.figures import embedding_figures
+
+        reference = next((c for c in self.live() if c.name == TORCH_FP32), None)
+        if reference is None:
+            for contender in self.contenders:
+                contender.measured_fidelity = {"error": "no PyTorch fp32 reference (it failed to load)"}
+            return
+        import numpy as np
+
+        timeout = self.config.call_timeout_s
+        ref = np.asarray(self.workers[reference.key].request("pooled", timeout, ids=probe_ids)["vectors"])
+        for contender in self.live():
+            if contender is reference:
+                continue
+            self.progress.note(f"fidelity {contender.key}")
+            try:
+                got = np.asarray(self.workers[contender.key].request("pooled", timeout, ids=probe_ids)["vectors"])
+                figures = embedding_figures(ref, got)
+                contender.measured_fidelity = {k: figures[k] for k in FIDELITY_FIGURES if k in figures}
+            except (WorkerError, ValueError) as exc:
+                contender.measured_fidelity = {"error": str(exc)}
+        reference.measured_fidelity = {"reference": True}
 
     def start_all(self, mode: str = "shapes") -> None:
         """Start and load one worker per contender, one after the other (so load times do not overlap).
@@ -249,6 +412,8 @@ class _Run:
         for contender in self.contenders:
             if contender.error is not None:
                 continue  # it failed to load already; its rows carry that error
+            if mode == "corpus" and contender.kind == "peer":
+                continue  # peers are measured on the shapes: the corpus goes through our Embedder.encode
             self.progress.note(f"loading {contender.key}")
             try:
                 worker = WorkerProcess(contender.key, {**contender.spec, "mode": mode}, self.config.threads)
@@ -273,7 +438,7 @@ class _Run:
         return (contender.error or self.gone.get(contender.key)
                 or f"worker {contender.key} is no longer running")
 
-    def measure(self, label: str, setup: Callable[[WorkerProcess], None], run_op: dict[str, Any],
+    def measure(self, mode: str, label: str, setup: Callable[[WorkerProcess], None], run_op: dict[str, Any],
                 policy: RepeatPolicy) -> tuple[dict[str, CellOutcome], dict[str, int | None], dict[str, dict]]:
         """Set every live worker up, time them interleaved, then read each one's peak RSS."""
         live = self.live()
@@ -299,11 +464,15 @@ class _Run:
             return call
 
         runners = {c.key: runner(c.key) for c in live if c.key not in errors}
+        seed = f"{self.config.resolved_schedule_seed()}:{mode}:{label}"
+        order = RoundOrder(seed)
         outcomes = interleave(
             runners, policy,
             on_call=lambda key, phase: self.progress.note(f"{label} {key} {phase}"),
-            switch_pause_s=self.config.switch_pause_s,
+            gap_s=self.config.gap_s,
+            order=order,
         )
+        self.schedule.append({"mode": mode, "cell": label, "seed": seed, "rounds": order.rounds})
         peaks: dict[str, int | None] = {}
         for contender in live:
             worker = self.workers[contender.key]
@@ -322,7 +491,7 @@ class _Run:
     def shape_rows(self, shape: Shape, ids) -> list[dict[str, Any]]:
         ids_list = ids.tolist()
         outcomes, peaks, _ = self.measure(
-            shape.label,
+            "shape", shape.label,
             lambda w: w.request("set_input", 120, key=shape.label, ids=ids_list),
             {"op": "run", "key": shape.label},
             self.config.resolved_policy(),
@@ -340,13 +509,15 @@ class _Run:
         self.gone = {}
         self.start_all("corpus")
         outcomes, peaks, replies = self.measure(
-            corpus_name,
+            "corpus", corpus_name,
             lambda w: w.request("set_corpus", 120, texts=texts),
             {"op": "run_corpus", "batch_size": self.config.batch_size},
             self.config.corpus_policy(),
         )
         rows = []
         for contender in self.contenders:
+            if contender.kind == "peer":
+                continue
             outcome = outcomes.get(contender.key)
             error = outcome.error if outcome else self._reason(contender)
             reply = replies.get(contender.key, {})
@@ -358,6 +529,17 @@ class _Run:
         for worker in self.workers.values():
             worker.close()
         self.workers = {}
+
+
+def probe_ids(folder: Path, manifest: Manifest) -> list[list[int]]:
+    """Token ids of the parity probe texts (short, code, numbers, other languages, CISI, window edges,
+    one long text), truncated to the model's max length."""
+    from ..parity.probes import build_probe_set
+    from ..tokenize import TextTokenizer
+
+    texts = build_probe_set(tokenizer_path(folder, manifest.tokenizer), manifest.max_length).texts
+    tokenizer = TextTokenizer.from_folder(folder, manifest.max_length, manifest.tokenizer.get("pad_token_id"))
+    return [list(map(int, ids)) for ids in tokenizer.encode(list(texts), "end").ids]
 
 
 def run_bench(config: BenchConfig) -> dict[str, Any]:
@@ -385,6 +567,12 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
             raise InvalidInputError("--corpus embeds documents with Embedder.encode: it needs an embedding model")
         limit = config.corpus_limit if config.corpus_limit is not None else (SHORT_CORPUS_LIMIT if config.short else None)
         corpus_name, texts = load_corpus(config.corpus, limit)
+    if config.fidelity:
+        if manifest.task != "embedding":
+            raise InvalidInputError("--fidelity compares pooled embeddings: it needs an embedding model")
+        if not config.torch or "fp32" not in config.torch_dtypes:
+            raise InvalidInputError("--fidelity measures against PyTorch fp32: add --torch MODEL (e.g. auto) "
+                                    "with fp32 among --torch-dtypes")
     contenders = plan_contenders(manifest, config, providers)
     machine = describe_machine()
 
@@ -393,7 +581,10 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     run = _Run(config, contenders, progress)
     rows: list[dict[str, Any]] = []
     try:
+        run.build_peers()
         run.start_all()
+        if config.fidelity:
+            run.measure_fidelity(probe_ids(folder, manifest))
         for shape in sorted(shapes, key=lambda s: (s.tokens, s.length)):
             rows.extend(run.shape_rows(shape, token_source.synthetic_ids(shape, config.seed)))
         if texts:
@@ -429,12 +620,20 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
             "corpus": {"name": corpus_name, "texts": len(texts), "batch_size": config.batch_size,
                        "policy": config.corpus_policy().to_json()} if texts else None,
             "torch": config.torch,
-            "switch_pause_s": config.switch_pause_s,
             "rss_scope": run.rss_scope,
-            "interleaving": "round-robin over all contenders, start rotated each round",
+            "interleaving": SCHEDULE_DESIGN,
+            "gap_s": config.gap_s,
+            "spinning": config.spinning,
+            "schedule_seed": config.resolved_schedule_seed(),
+            "twins": config.twins,
+            "peers": list(config.peers),
+            "fidelity": "pooled outputs of the parity probe texts, one at a time, against PyTorch fp32"
+                        if config.fidelity else None,
         },
         "contenders": [c.to_json() for c in contenders],
         "results": rows,
+        "twins": twin_report(rows, contenders),
+        "schedule": run.schedule,
         "ranking": {p: rank_rows(rows, p) for p in onnx_providers},
         "ranking_basis": "geometric mean over the shapes of the median latency; variants with a failed "
                          "shape are left out",

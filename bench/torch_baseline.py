@@ -132,6 +132,9 @@ class TorchBackend:
         # Embedding models return last_hidden_state, rerank models logits; either is the first item.
         return out[0]
 
+    def hidden(self, input_ids: np.ndarray) -> np.ndarray:
+        return self._forward(self.prepare(input_ids)).float().numpy()
+
     def run(self, feed: Mapping[str, Any]) -> float:
         start = time.perf_counter()
         self._forward(feed)

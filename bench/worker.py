@@ -24,12 +24,26 @@ import numpy as np
 from .rss import current_rss_bytes, peak_rss_bytes, reset_peak_rss
 
 
-class OnnxBackend:
-    """A variant's session exactly as the runtime builds it (gte_onnx.session.OnnxModel)."""
+# What each --spinning mode asks of ONNX Runtime's thread pools. "stop": spin while a run is in progress
+# (as the runtime does for users) and stop the moment it returns, so no idle worker takes the cores of
+# the one being timed; "off": never spin; "on": ONNX Runtime's default (threads spin on after a run).
+SPINNING_MODES = ("stop", "off", "on")
+ORT_SPINNING_CONFIG = {
+    "stop": {"session.force_spinning_stop": "1"},
+    "off": {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"},
+    "on": {},
+}
 
-    def __init__(self, folder: str, variant: str, provider: str, threads: int | None, mode: str = "shapes"):
+
+class OnnxBackend:
+    """A variant's session exactly as the runtime builds it (gte_onnx.session.OnnxModel), plus the bench's
+    thread-spinning setting."""
+
+    def __init__(self, folder: str, variant: str, provider: str, threads: int | None, mode: str = "shapes",
+                 spinning: str = "stop"):
         self.folder, self.variant, self.provider, self.threads = folder, variant, provider, threads
         self.mode = mode
+        self.session_config = ORT_SPINNING_CONFIG[spinning]
         self.model = None
         self.embedder = None
 
@@ -40,20 +54,24 @@ class OnnxBackend:
             from ..embedder import Embedder
 
             self.embedder = Embedder(self.folder, variant=self.variant, providers=[self.provider],
-                                     threads=self.threads)
+                                     threads=self.threads, session_config=self.session_config)
             provider, threads, variant = self.embedder.provider, self.embedder.threads, self.embedder.variant
         else:
             from ..manifest import Manifest
             from ..session import OnnxModel
 
             manifest = Manifest.load(self.folder)
-            self.model = OnnxModel(self.folder, manifest, self.variant, [self.provider], self.threads)
+            self.model = OnnxModel(self.folder, manifest, self.variant, [self.provider], self.threads,
+                                   session_config=self.session_config)
             provider, threads, variant = self.model.provider, self.model.threads, self.model.variant.name
         return {"provider": provider, "threads": threads, "variant": variant,
-                "onnxruntime": onnxruntime.__version__}
+                "onnxruntime": onnxruntime.__version__, "session_config": dict(self.session_config)}
 
     def prepare(self, input_ids: np.ndarray) -> dict[str, np.ndarray]:
         return self.model.feed(input_ids, np.ones_like(input_ids))
+
+    def hidden(self, input_ids: np.ndarray) -> np.ndarray:
+        return np.asarray(self.model.run(self.prepare(input_ids)), dtype=np.float32)
 
     def run(self, feed: Mapping[str, np.ndarray]) -> float:
         start = time.perf_counter()
@@ -78,12 +96,17 @@ class OnnxBackend:
 def import_library(spec: Mapping[str, Any]) -> float:
     """Import the backend's engine up front and time it: a cold start's cost apart from the model's."""
     start = time.perf_counter()
-    if spec.get("kind") == "torch":
+    if spec.get("kind") in ("torch", "peer_build"):
         try:
             import torch  # noqa: F401
             import transformers  # noqa: F401
         except ImportError:
             pass  # TorchBackend.load() raises the error with the install hint
+    elif spec.get("kind") == "peer" and spec.get("engine") == "openvino":
+        try:
+            import openvino  # noqa: F401
+        except ImportError:
+            pass  # PeerBackend.load() raises the error with the install hint
     else:
         try:
             import onnxruntime  # noqa: F401
@@ -96,19 +119,38 @@ def make_backend(spec: Mapping[str, Any]):
     kind = spec.get("kind")
     if kind == "onnx":
         return OnnxBackend(spec["folder"], spec["variant"], spec["provider"], spec.get("threads"),
-                           spec.get("mode", "shapes"))
+                           spec.get("mode", "shapes"), spec.get("spinning", "stop"))
     if kind == "torch":
         from .torch_baseline import TorchBackend
 
         return TorchBackend(spec["torch"], spec["dtype"], spec.get("threads"), spec["folder"])
+    if kind in ("peer", "peer_build"):
+        from .peer_backends import PeerBackend, PeerBuilder
+
+        return PeerBackend(spec) if kind == "peer" else PeerBuilder(spec)
     raise ValueError(f"unknown worker kind {kind!r}")
 
 
 class WorkerLoop:
     def __init__(self, spec: Mapping[str, Any]):
+        self.spec = dict(spec)
         self.backend = make_backend(spec)
         self.inputs: dict[str, Any] = {}
         self.corpus: list[str] = []
+
+    def pooled(self, texts_ids: Sequence[Sequence[int]]) -> list[list[float]]:
+        """The model folder's pooling of each probe input, one input at a time (no padding involved),
+        unnormalised: what --fidelity compares against PyTorch fp32."""
+        from ..manifest import Manifest
+        from ..pooling import pool
+
+        pooling = Manifest.load(self.spec["folder"]).pooling
+        out = []
+        for ids in texts_ids:
+            row = np.asarray([ids], dtype=np.int64)
+            hidden = self.backend.hidden(row)
+            out.append(pool(pooling, hidden, np.ones_like(row))[0].astype(np.float64).tolist())
+        return out
 
     def handle(self, cmd: Mapping[str, Any]) -> dict[str, Any]:
         op = cmd.get("op")
@@ -122,6 +164,8 @@ class WorkerLoop:
             return {}
         if op == "run":
             return {"seconds": self.backend.run(self.inputs[cmd["key"]])}
+        if op == "pooled":
+            return {"vectors": self.pooled(cmd["ids"])}
         if op == "reset_peak":
             return {"supported": reset_peak_rss()}
         if op == "peak":

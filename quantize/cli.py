@@ -136,7 +136,7 @@ def main(argv: Sequence[str]) -> int:
             raise
         raise UsageError(f"cannot quantize {args.folder}: {exc}") from exc
     if args.rank:
-        from gte_onnx.bench.ranking import rank_variants
+        from gte_onnx.bench.rank import rank_variants
 
         log("ranking the variants' speed on the CPU (gte-onnx bench)")
         ranking = rank_variants(args.folder, provider="CPUExecutionProvider", threads=args.threads, record=True)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -50,6 +50,7 @@ class LoadedModel:
         source: str = "auto",
         cache_dir: str | os.PathLike | None = None,
         local_files_only: bool = False,
+        session_config: Mapping[str, str] | None = None,
     ):
         if int(max_batch_tokens) < 1:
             raise InvalidInputError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
@@ -69,7 +70,8 @@ class LoadedModel:
         self.tokenizer = TextTokenizer.from_folder(
             self.folder, self.manifest.max_length, self.manifest.tokenizer.get("pad_token_id")
         )
-        self.onnx = OnnxModel(self.folder, self.manifest, variant, providers, threads, verify=verify)
+        self.onnx = OnnxModel(self.folder, self.manifest, variant, providers, threads, verify=verify,
+                              session_config=session_config)
 
     variant = property(lambda self: self.onnx.variant.name)
     provider = property(lambda self: self.onnx.provider)

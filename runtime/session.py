@@ -166,7 +166,10 @@ class OnnxModel:
         providers: Sequence[str] | str | None = None,
         threads: int | None = None,
         verify: bool = True,
+        session_config: Mapping[str, str] | None = None,
     ):
+        """`session_config`: extra ONNX Runtime session config entries (key -> value, e.g.
+        {"session.force_spinning_stop": "1"}), applied after this runtime's own settings."""
         ort = import_onnxruntime()
         ort.set_default_logger_severity(3)  # provider-loading chatter; failures surface as typed errors
         self.folder = Path(folder)
@@ -200,6 +203,8 @@ class OnnxModel:
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
             "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         }.get(level, ort.GraphOptimizationLevel.ORT_ENABLE_ALL)
+        for key, value in (session_config or {}).items():
+            options.add_session_config_entry(str(key), str(value))
         try:
             self.session = ort.InferenceSession(str(path), sess_options=options, providers=self.providers)
         except Exception as exc:  # ORT raises its own exception types; name the file and the cause

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from gte_onnx.bench.cli import main
-from gte_onnx.bench.ranking import rank_variants
+from gte_onnx.bench.rank import rank_variants
 from gte_onnx.manifest import Manifest, Variant, describe_file
 
 CPU = "CPUExecutionProvider"
@@ -17,11 +17,12 @@ CPU = "CPUExecutionProvider"
 TOP_LEVEL = {
     "schema": str, "created": str, "duration_s": float, "command": str, "model": dict, "machine": dict,
     "settings": dict, "contenders": list, "results": list, "ranking": dict, "ranking_basis": str,
+    "twins": dict, "schedule": list,
 }
 MACHINE = {"cpu_model": str, "cpu_flags": dict, "logical_cpus": int, "usable_cpus": int, "onnxruntime": str,
            "available_providers": list, "python": str, "numpy": str, "platform": str}
 SETTINGS = {"providers": list, "threads": int, "shapes": list, "short": bool, "seed": int, "policy": dict,
-            "rss_scope": str, "interleaving": str}
+            "rss_scope": str, "interleaving": str, "gap_s": float, "spinning": str, "schedule_seed": int}
 CONTENDER = {"key": str, "name": str, "kind": str, "provider": str, "import_s": float, "load_s": float,
              "rss_after_load_bytes": int, "info": dict, "fidelity": dict, "recipe": dict}
 ROW = {"key": str, "name": str, "kind": str, "provider": str, "mode": str, "shape": str, "texts": int,
@@ -58,7 +59,7 @@ def short_run(two_variant_dir, tmp_path_factory):
     corpus.write_text("a short text\nanother, somewhat longer text about sorting algorithms\nBeijing\n")
     argv = [str(two_variant_dir), "--short", "--shapes", "1x16,2x64", "--threads", "1", "--torch", "auto",
             "--torch-dtypes", "fp32", "--corpus", str(corpus), "--json", str(out / "bench.json"),
-            "--plot", str(out / "bench.png"), "--record", "--no-progress"]
+            "--plot", str(out / "bench.png"), "--record", "--no-progress", "--twins", "fp32", "--gap", "0.01"]
     code = main(argv)
     return code, json.loads((out / "bench.json").read_text()), out
 
@@ -67,20 +68,20 @@ def test_short_run_json_schema(short_run):
     code, result, _ = short_run
     assert code == 0
     _check(result, TOP_LEVEL, "result")
-    assert result["schema"] == "gte-onnx-bench/1"
+    assert result["schema"] == "gte-onnx-bench/2"
     _check(result["machine"], MACHINE, "machine")
     _check(result["settings"], SETTINGS, "settings")
     assert result["settings"]["shapes"] == ["1x16", "2x64"] and result["settings"]["threads"] == 1
     assert result["command"].startswith("gte-onnx bench ") and "--short" in result["command"]
-    assert {c["key"] for c in result["contenders"]} == {"fp32", "copy", "torch-fp32"}
+    assert {c["key"] for c in result["contenders"]} == {"fp32", "copy", "torch-fp32", "fp32~twin"}
     for contender in result["contenders"]:
         _check(contender, CONTENDER, f"contender {contender['key']}")
         assert contender["error"] is None
     onnx = {c["key"]: c for c in result["contenders"] if c["kind"] == "onnx"}
     assert onnx["fp32"]["file_bytes"] == (Path(result["model"]["folder"]) / "model.onnx").stat().st_size
     assert onnx["fp32"]["info"]["threads"] == 1 and onnx["fp32"]["info"]["provider"] == CPU
-    # 3 contenders x (2 shapes + the corpus)
-    assert len(result["results"]) == 9
+    # 4 contenders x (2 shapes + the corpus)
+    assert len(result["results"]) == 12
     for row in result["results"]:
         _check(row, ROW, f"row {row['key']} {row['shape']}")
         assert row["error"] is None
@@ -99,7 +100,7 @@ def test_short_run_shapes_and_corpus_rows(short_run):
     shape_rows = [r for r in result["results"] if r["mode"] == "shape"]
     assert {(r["shape"], r["texts"], r["tokens"]) for r in shape_rows} == {("1x16", 1, 16), ("2x64", 2, 128)}
     corpus = [r for r in result["results"] if r["mode"] == "corpus"]
-    assert {r["key"] for r in corpus} == {"fp32", "copy", "torch-fp32"}
+    assert {r["key"] for r in corpus} == {"fp32", "copy", "torch-fp32", "fp32~twin"}
     # The same tokenizer and batches on both engines: the same token count.
     assert len({(r["texts"], r["tokens"]) for r in corpus}) == 1
     assert corpus[0]["texts"] == 3 and corpus[0]["tokens"] > 3 * 2
@@ -115,6 +116,35 @@ def test_every_row_carries_its_ratio_to_pytorch(short_run):
     torch_contender = next(c for c in result["contenders"] if c["kind"] == "torch")
     assert torch_contender["info"]["attn_implementation"] == "sdpa"
     assert torch_contender["info"]["torch_threads"] == 1
+
+
+def test_the_json_records_a_balanced_schedule(short_run):
+    _, result, _ = short_run
+    from gte_onnx.bench.measure import precedence_counts
+
+    cells = {(c["mode"], c["cell"]) for c in result["schedule"]}
+    assert cells == {("shape", "1x16"), ("shape", "2x64"), ("corpus", "docs.txt")}
+    keys = {c["key"] for c in result["contenders"]}
+    for cell in result["schedule"]:
+        rows = {r["key"]: r for r in result["results"] if r["shape"] == cell["cell"]}
+        timed = [r["order"] for r in cell["rounds"] if r["phase"] == "repeat"]
+        # what ran is what the rows hold: each contender once per round it was timed in
+        assert all(sum(k in order for order in timed) == rows[k]["n"] for k in keys)
+        counts = precedence_counts(timed)
+        for a in keys:
+            for b in keys - {a}:
+                assert abs(counts.get((a, b), 0) - counts.get((b, a), 0)) <= 1, (cell["cell"], a, b)
+
+
+def test_twins_ratio_per_shape(short_run):
+    _, result, _ = short_run
+    twins = result["twins"]
+    assert (twins["of"], twins["twin"]) == ("fp32", "fp32~twin")
+    assert set(twins["ratios"]) == {"1x16", "2x64", "corpus:docs.txt"}
+    median = {(r["key"], r["shape"]): r["median_s"] for r in result["results"]}
+    assert twins["ratios"]["1x16"] == pytest.approx(median[("fp32~twin", "1x16")] / median[("fp32", "1x16")])
+    assert twins["outside"] == [c for c, r in twins["ratios"].items() if not 0.95 <= r <= 1.05]
+    assert "fp32~twin" not in result["ranking"][CPU]  # a twin is a check, not a variant
 
 
 def test_record_writes_the_measured_ranking(short_run, two_variant_dir):

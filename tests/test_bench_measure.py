@@ -14,9 +14,10 @@ import pytest
 from gte_onnx.bench.corpus import load_corpus, load_corpus_file
 from gte_onnx.bench.measure import (
     RepeatPolicy,
+    RoundOrder,
     geometric_mean,
     interleave,
-    rotation,
+    precedence_counts,
     speed_ratio,
     summarize,
 )
@@ -102,10 +103,20 @@ def test_heavy_cells_stop_at_their_own_minimum():
         RepeatPolicy(min_repeats=3, heavy_min_repeats=4)
 
 
-def test_rotation():
-    assert rotation(["a", "b", "c"], 0) == ["a", "b", "c"]
-    assert rotation(["a", "b", "c"], 1) == ["b", "c", "a"]
-    assert rotation(["a", "b", "c"], 5) == ["c", "a", "b"]
+def test_round_order_is_seeded_mirrored_and_recorded():
+    names = ["a", "b", "c", "d"]
+    order = RoundOrder(seed=3)
+    rounds = [order.next(names, "repeat") for _ in range(6)]
+    assert all(sorted(r) == names for r in rounds)
+    assert all(rounds[k + 1] == rounds[k][::-1] for k in range(0, 6, 2))  # every odd round mirrors
+    assert len({tuple(r) for r in rounds[::2]}) > 1  # fresh random orders, not one fixed rotation
+    assert [r["order"] for r in order.rounds] == rounds and order.rounds[0]["phase"] == "repeat"
+    again = RoundOrder(seed=3)
+    assert [again.next(names, "repeat") for _ in range(6)] == rounds  # reproducible from its seed
+    # a runner that finished drops out of the mirror, the others keep their mirrored places
+    shrink = RoundOrder(seed=1)
+    first = shrink.next(names, "repeat")
+    assert shrink.next([n for n in names if n != first[0]], "repeat") == [n for n in first[::-1] if n != first[0]]
 
 
 def _fake_runners(durations: dict[str, float], log: list[str]):
@@ -117,15 +128,91 @@ def _fake_runners(durations: dict[str, float], log: list[str]):
     return {name: make(name) for name in durations}
 
 
-def test_interleave_runs_round_robin_with_rotating_start():
+def test_interleave_warms_up_then_times_in_balanced_rounds():
     log: list[str] = []
-    policy = RepeatPolicy(min_warmups=1, max_warmups=1, warmup_budget_s=0, min_repeats=3, max_repeats=3,
+    policy = RepeatPolicy(min_warmups=1, max_warmups=1, warmup_budget_s=0, min_repeats=4, max_repeats=4,
                           budget_s=0)
-    out = interleave(_fake_runners({"a": 0.1, "b": 0.2, "c": 0.3}, log), policy)
-    # warm-ups (one round), then three timed rounds, each started one place later
-    assert log == ["a", "b", "c", "a", "b", "c", "b", "c", "a", "c", "a", "b"]
-    assert out["a"].warmups == [0.1] and out["a"].samples == [0.1, 0.1, 0.1]
-    assert out["c"].samples == [0.3] * 3 and out["c"].error is None
+    order = RoundOrder(seed=0)
+    out = interleave(_fake_runners({"a": 0.1, "b": 0.2, "c": 0.3}, log), policy, order=order)
+    assert len(log) == 3 * 5 and sorted(log[:3]) == ["a", "b", "c"]  # one warm-up round, four timed
+    assert [r["phase"] for r in order.rounds] == ["warmup"] + ["repeat"] * 4
+    assert log == [name for r in order.rounds for name in r["order"]]  # the record is what ran
+    assert out["a"].warmups == [0.1] and out["a"].samples == [0.1] * 4
+    assert out["c"].samples == [0.3] * 4 and out["c"].error is None
+    timed = precedence_counts([r["order"] for r in order.rounds[1:]])
+    assert all(timed[(x, y)] == 2 for x in "abc" for y in "abc" if x != y)
+
+
+class _SlowNeighbourMachine:
+    """A fake clock and CPU: after each of its runs the "noisy" contender leaves a thread spinning for
+    15 ms, and a run that starts while it spins takes twice as long (only the next one does)."""
+
+    def __init__(self):
+        self.now = 0.0
+        self.spinning_until = -1.0
+        self.log: list[str] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    def runner(self, name: str, base: float):
+        def run() -> float:
+            seconds = base * (2.0 if self.now < self.spinning_until else 1.0)
+            self.now += seconds
+            self.log.append(name)
+            if name == "noisy":
+                self.spinning_until = self.now + 0.015
+            return seconds
+        return run
+
+
+class _FixedRotation(RoundOrder):
+    """The old schedule, for contrast: the same order rotated by one place each round."""
+
+    def next(self, active, phase):
+        k = len(self.rounds) % len(active)
+        order = list(active[k:]) + list(active[:k])
+        self.rounds.append({"phase": phase, "order": order})
+        return order
+
+
+def _twin_ratio(order: RoundOrder, gap_s: float, rounds: int = 60) -> tuple[float, _SlowNeighbourMachine]:
+    machine = _SlowNeighbourMachine()
+    runners = {"noisy": machine.runner("noisy", 0.05), "twin": machine.runner("twin", 0.01),
+               "twin~2": machine.runner("twin~2", 0.01)}
+    policy = RepeatPolicy(min_warmups=1, max_warmups=1, warmup_budget_s=0, min_repeats=rounds,
+                          max_repeats=rounds, budget_s=0)
+    out = interleave(runners, policy, gap_s=gap_s, sleep=machine.sleep, order=order)
+    return float(np.mean(out["twin~2"].samples) / np.mean(out["twin"].samples)), machine
+
+
+def _followers_of(machine: _SlowNeighbourMachine, name: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for before, after in zip(machine.log, machine.log[1:]):
+        if before == name:
+            counts[after] = counts.get(after, 0) + 1
+    return counts
+
+
+def test_a_slow_neighbour_falls_on_every_contender_alike():
+    # The fixed rotation keeps the cyclic order: "twin" follows "noisy" two rounds in three.
+    biased, machine = _twin_ratio(_FixedRotation(), gap_s=0.0)
+    assert not 0.9 <= biased <= 1.1, biased
+    followers = _followers_of(machine, "noisy")
+    assert followers["twin"] >= 1.8 * followers["twin~2"], followers
+    # The balanced random order: each twin follows the noisy one about as often, so they agree.
+    order = RoundOrder(seed=0)
+    balanced, machine = _twin_ratio(order, gap_s=0.0)
+    assert 0.9 <= balanced <= 1.1, balanced
+    followers = _followers_of(machine, "noisy")
+    assert abs(followers["twin"] - followers["twin~2"]) <= 0.25 * (followers["twin"] + followers["twin~2"])
+    # Order statistics of the recorded timed rounds: every contender precedes every other equally often.
+    timed = precedence_counts([r["order"] for r in order.rounds if r["phase"] == "repeat"])
+    names = ("noisy", "twin", "twin~2")
+    assert all(timed[(x, y)] == timed[(y, x)] == 30 for x in names for y in names if x != y)
+    # And the idle gap before each timed run lets the spinning stop: no run is slowed at all.
+    exact, _ = _twin_ratio(RoundOrder(seed=0), gap_s=0.25)
+    assert exact == pytest.approx(1.0)
 
 
 def test_interleave_stops_each_cell_on_its_own_budget():
@@ -155,15 +242,15 @@ def test_interleave_keeps_going_when_one_runner_fails():
     assert len(out["ok"].samples) == 3 and calls["ok"] == 4
 
 
-def test_interleave_pauses_only_between_different_runners():
+def test_interleave_idles_before_every_timed_run():
     pauses: list[float] = []
-    policy = RepeatPolicy(min_warmups=1, max_warmups=1, warmup_budget_s=0, min_repeats=2, max_repeats=2,
+    policy = RepeatPolicy(min_warmups=2, max_warmups=2, warmup_budget_s=0, min_repeats=2, max_repeats=2,
                           budget_s=0)
-    interleave(_fake_runners({"a": 0.1}, []), policy, switch_pause_s=0.5, sleep=pauses.append)
-    assert pauses == []
-    interleave(_fake_runners({"a": 0.1, "b": 0.1}, []), policy, switch_pause_s=0.5, sleep=pauses.append)
-    # a b | a b | b a : switches between every call except b->b at the round boundary
-    assert pauses == [0.5] * 4
+    interleave(_fake_runners({"a": 0.1}, []), policy, gap_s=0.5, sleep=pauses.append)
+    assert pauses == [0.5, 0.5]  # the two timed runs; warm-ups of the same runner back to back need none
+    pauses.clear()
+    interleave(_fake_runners({"a": 0.1, "b": 0.1}, []), policy, gap_s=0.5, sleep=pauses.append)
+    assert len(pauses) == 4 + 2  # 4 timed runs + the 2 switches of the mirrored warm-up rounds (a b | b a)
 
 
 # ---- ratios and ranking on injected rows ------------------------------------------------------------

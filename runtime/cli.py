@@ -18,6 +18,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "export": ("gte_onnx.export.cli:main", "PyTorch checkpoint -> validated ONNX model folder [export]"),
     "quantize": ("gte_onnx.quantize.cli:main", "add fp16 / int8 / q4 variants to a model folder [quantize]"),
     "embed": ("gte_onnx.cli:embed_main", "embed texts with a model folder"),
+    "embed-corpus": ("gte_onnx.corpus_cli:main", "embed a corpus file into resumable Parquet shards [corpus]"),
     "rerank": ("gte_onnx.cli:rerank_main", "score documents against a query with a reranker folder"),
     "reference": ("gte_onnx.parity.cli:reference_main", "PyTorch reference outputs for parity [parity]"),
     "parity": ("gte_onnx.parity.cli:parity_main", "fidelity report of each variant against a reference"),

@@ -111,3 +111,18 @@ class BackendUnavailableError(InferenceError):
 
     http_status = 503
     code = "backend_unavailable"
+
+
+class CorpusFormatError(InvalidInputError):
+    """A corpus file that cannot be read as its format: a missing field, a malformed line, a non-text value.
+    The message names the file and the line or row."""
+
+    code = "corpus_format_error"
+
+
+class ResumeMismatchError(InvalidInputError):
+    """An output folder holds part of a corpus run made with other settings, so resuming into it would mix
+    two runs; the message names each setting that differs."""
+
+    http_status = 409
+    code = "resume_mismatch"

@@ -24,6 +24,11 @@ from gte_onnx.convert.modernbert_graph import (
 )
 from gte_onnx.errors import missing_dependency
 
+# The oldest transformers whose ModernBERT has what _extract reads: one rotary module with per-layer-type
+# inv_freq buffers (full_attention_inv_freq, sliding_attention_inv_freq) and attention_type on each layer.
+# Before 5.0 every attention layer owned its rotary module. pyproject.toml's [export] floor says the same.
+MIN_TRANSFORMERS = "5.0.0"
+
 
 def _np(tensor) -> np.ndarray:
     return np.ascontiguousarray(tensor.detach().to("cpu").float().numpy())
@@ -70,7 +75,9 @@ def _extract(hf_model, task: str) -> Parts:
     unknown = sorted(set(layer_types) - set(kinds))
     if unknown:
         raise ModernBertExportError(f"layer types {unknown} are not supported")
-    window = int(config.sliding_window)  # the mask transformers builds is |q - k| <= config.sliding_window
+    # local_attention is the whole window; transformers masks |q - k| > local_attention // 2 (newer releases
+    # also name the half config.sliding_window, which 5.0 lacks).
+    window = int(config.local_attention) // 2
     if "sliding_attention" in layer_types and window < 1:
         raise ModernBertExportError(f"sliding window {window} must be at least 1")
     inter = int(config.intermediate_size)
@@ -126,12 +133,31 @@ def _check_model(hf_model, task: str) -> None:
         raise ModernBertExportError(f"task {task!r} needs a {expected}, got {type(hf_model).__name__}")
 
 
+def installed_transformers() -> str:
+    import transformers
+
+    return transformers.__version__
+
+
+def check_transformers_version(installed: str | None = None) -> None:
+    """A typed error naming the installed transformers when it is older than MIN_TRANSFORMERS."""
+    installed = installed or installed_transformers()
+    from packaging.version import Version
+
+    if Version(installed) < Version(MIN_TRANSFORMERS):
+        raise ModernBertExportError(
+            f"transformers {installed} is installed; exporting ModernBERT needs transformers >= {MIN_TRANSFORMERS} "
+            f"(its per-layer-type rotary embeddings): pip install -U 'transformers>={MIN_TRANSFORMERS}'"
+        )
+
+
 def _parts(hf_model, task: str) -> Parts:
     _check_model(hf_model, task)
     try:
         import torch  # noqa: F401
     except ImportError:
         raise missing_dependency("torch", "export", "Exporting ModernBERT from PyTorch") from None
+    check_transformers_version()
     return _extract(hf_model, task)
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .cpu import physical_cores, read_cpuinfo, usable_cpus
+from .errors import GteOnnxError
 from .manifest import Manifest
 from .session import CPU, CUDA, INSTALL_HINT, _cuda_device_present, _suits, choose_variant, installed_ort_wheels
 
@@ -115,7 +116,7 @@ def explain_auto(manifest: Manifest, provider: str) -> dict[str, Any]:
     candidates = [{"variant": name, "rejected": _rejection(manifest, name, provider)} for name in ranking]
     try:
         picked = choose_variant(manifest, "auto", provider).name
-    except Exception as exc:  # a folder with no usable variant: say so instead of failing the report
+    except GteOnnxError as exc:  # a folder with no usable variant: say so instead of failing the report
         return {"provider": provider, "ranking": ranking, "candidates": candidates, "picked": None, "why": str(exc)}
     first = next((c["variant"] for c in candidates if c["rejected"] is None), None)
     if first == picked:

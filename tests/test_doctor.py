@@ -78,6 +78,9 @@ def test_explain_auto_walks_the_ranking_like_choose_variant(tiny_gte_dir):
     nothing_qualifies = _with_variants(Manifest.load(tiny_gte_dir), {CPU: ("q4", "fp16")})
     fallback = doctor.explain_auto(nothing_qualifies, CPU)
     assert fallback["picked"] == "fp32" and fallback["why"].startswith("no ranked variant qualifies")
+    only_failing = nothing_qualifies.replace(variants={"q4": nothing_qualifies.variants["q4"]})
+    none = doctor.explain_auto(only_failing, CPU)
+    assert none["picked"] is None and "passes its fidelity gate" in none["why"]
 
 
 def test_cuda_libraries_are_found_in_pip_packages_or_reported_missing(tmp_path, monkeypatch):

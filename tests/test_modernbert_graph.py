@@ -20,8 +20,10 @@ ort = pytest.importorskip("onnxruntime")
 
 from gte_onnx.convert.graph_optimize import PORTABLE_CONTRIB_OPS
 from gte_onnx.export.modernbert import (
+    MIN_TRANSFORMERS,
     ModernBertExportError,
     build_modernbert_graph,
+    check_transformers_version,
     export_modernbert,
 )
 
@@ -152,7 +154,7 @@ def local_tensor_shapes(model, length: int) -> tuple[dict, dict]:
 
 def test_no_local_layer_tensor_has_two_sequence_dims():
     hf_model = tiny_model("embedding")
-    model = inline_branches(build_modernbert_graph(hf_model, "embedding"), STRUCTURE_LENGTH, hf_model.config.sliding_window)
+    model = inline_branches(build_modernbert_graph(hf_model, "embedding"), STRUCTURE_LENGTH, hf_model.config.local_attention // 2)
     static, actual = local_tensor_shapes(model, STRUCTURE_LENGTH)
     assert len(actual) > 100  # every local layer contributes its attention, projections and MLP
     too_big = {n: s for n, s in {**static, **actual}.items() if sequence_dims(s, STRUCTURE_LENGTH) > 1}
@@ -166,7 +168,7 @@ def test_dense_local_path_is_taken_only_up_to_three_windows():
     """The If in front of each local layer: dense (L x L bias) only while L <= 3w, so the dense path's
     largest tensor is bounded by the window, not by the input."""
     hf_model = tiny_model("embedding")
-    w = hf_model.config.sliding_window
+    w = hf_model.config.local_attention // 2
     model = build_modernbert_graph(hf_model, "embedding")
     local_ifs = [n for n in model.graph.node if n.op_type == "If" and ".local/" in n.name]
     assert len(local_ifs) == 4  # one per local layer of the tiny model
@@ -326,3 +328,25 @@ def test_bad_arguments_are_named(tmp_path, embedder):
     with pytest.raises(ModernBertExportError, match="activation 'relu'"):
         export_modernbert(tiny_model("embedding", (("hidden_activation", "relu"),)), "embedding", tmp_path / "x.onnx")
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_a_transformers_too_old_for_the_exporter_is_named(tmp_path, monkeypatch):
+    with pytest.raises(ModernBertExportError, match=r"transformers 4\.57\.6 is installed; .* >= 5\.0\.0"):
+        check_transformers_version("4.57.6")
+    check_transformers_version(MIN_TRANSFORMERS)
+    check_transformers_version(transformers.__version__)
+    import gte_onnx.export.modernbert as exporter
+
+    monkeypatch.setattr(exporter, "installed_transformers", lambda: "4.48.0")
+    with pytest.raises(ModernBertExportError, match=r"transformers 4\.48\.0 is installed"):
+        export_modernbert(tiny_model("embedding"), "embedding", tmp_path / "model.onnx")
+
+
+def test_pyproject_transformers_floor_is_the_exporters():
+    import re
+
+    from packaging.version import Version
+
+    text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text(encoding="utf-8")
+    floors = re.findall(r'"transformers>=([0-9.]+)"', text)
+    assert floors and all(Version(f) == Version(MIN_TRANSFORMERS) for f in floors), floors

@@ -433,9 +433,9 @@ def test_describe_machine_records_cpu_flags_and_versions():
     assert not math.isnan(machine["memory_bytes"] or 0)
 
 
-def test_a_single_repeat_is_a_valid_request():
+def test_a_single_repeat_is_a_valid_request(tiny_gte_dir):
     from gte_onnx.bench.cli import build_parser, config_from_args
 
-    argv = ["some-dir", "--repeats", "1", "--warmups", "0", "--short"]
+    argv = [str(tiny_gte_dir), "--repeats", "1", "--warmups", "0", "--short"]
     config = config_from_args(build_parser().parse_args(argv), argv)
     assert config.policy.min_repeats == 1 and config.policy.heavy_min_repeats == 1

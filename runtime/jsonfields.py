@@ -14,6 +14,8 @@ from typing import Any, Mapping, Sequence
 from .errors import ModelFolderError
 
 _MISSING = object()
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
 
 
 def read_json_object(path: Path, what: str) -> dict[str, Any]:
@@ -88,11 +90,12 @@ class Fields:
             f"{self.where}: the {self._name(key)} must be {expected}, got {_json_type(value)} {shown}"
         )
 
-    def integer(self, key: str, default: Any = _MISSING, minimum: int | None = None) -> int:
+    def integer(self, key: str, default: Any = _MISSING, minimum: int = 0, maximum: int = INT32_MAX) -> int:
+        """An integer in [minimum, maximum]; the bound keeps huge JSON numbers from overflowing the native
+        libraries (tokenizers, onnxruntime) that receive them."""
         value = self._get(key, default)
-        if not is_int(value) or (minimum is not None and value < minimum):
-            expected = "an integer" if minimum is None else f"an integer >= {minimum}"
-            raise self._wrong(key, expected, value)
+        if not is_int(value) or not minimum <= value <= maximum:
+            raise self._wrong(key, f"an integer from {minimum} to {maximum}", value)
         return value
 
     def boolean(self, key: str, default: Any = _MISSING) -> bool:

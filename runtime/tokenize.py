@@ -226,6 +226,12 @@ class TextTokenizer:
                 f"{len(truncated)} {what}(s) exceed the max length of {self.max_length} tokens "
                 f"(the first is input {i}, with {lengths[i]} tokens); pass truncate='end' or 'start' to cut them"
             )
+        longest = max((len(e.ids) for e in encodings), default=0)
+        if longest > self.max_length:  # tokenizers leaves a pair whole when max_length cannot fit its specials
+            raise ModelFolderError(
+                f"the model's max_length of {self.max_length} tokens is too small to hold a {what} with its "
+                f"special tokens ({longest} tokens after truncation); the manifest's max_length is wrong"
+            )
         ids = [np.asarray(e.ids, dtype=np.int64) for e in encodings]
         type_ids = [np.asarray(e.type_ids, dtype=np.int64) for e in encodings]
         return Encoded(ids=ids, type_ids=type_ids, truncated=truncated, original_lengths=tuple(lengths))

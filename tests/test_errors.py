@@ -68,7 +68,8 @@ def manifest_only(tiny_gte_dir, tmp_path):
         (lambda m: m["variants"]["fp32"].pop("sha256"), "variant 'fp32' is missing the field 'sha256'"),
         (lambda m: m.pop("dim"), "the manifest is missing the field 'dim'"),
         (lambda m: m.update(normalize="false"), "field 'normalize' must be true or false"),
-        (lambda m: m.update(max_length=0), "field 'max_length' must be an integer >= 1"),
+        (lambda m: m.update(max_length=0), "field 'max_length' must be an integer from 1 to 2147483647, got number 0"),
+        (lambda m: m.update(max_length=10**30), "field 'max_length' must be an integer from 1 to 2147483647"),
         (lambda m: m.update(inputs="input_ids"), "field 'inputs' must be an array of non-empty strings"),
         (lambda m: m["speed_ranking"].update(CPUExecutionProvider="fp32"),
          "speed_ranking field 'CPUExecutionProvider' must be an array"),
@@ -341,3 +342,12 @@ def test_export_without_onnxruntime_names_the_install_command(tmp_path):
 
 def test_missing_dependency_is_a_gte_onnx_error():
     assert issubclass(MissingDependencyError, GteOnnxError) and issubclass(UsageError, GteOnnxError)
+
+
+def test_max_length_too_small_for_a_pairs_special_tokens(tiny_reranker_dir, tmp_path):
+    from gte_onnx import Reranker
+
+    folder = _link_copy(tiny_reranker_dir, tmp_path / "m")
+    _edit_manifest(folder, lambda m: m.update(max_length=2))
+    with pytest.raises(ModelFolderError, match="max_length of 2 tokens is too small to hold a pair"):
+        Reranker(folder, threads=1).predict([("a long query", "and a document")])

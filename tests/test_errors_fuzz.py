@@ -2,7 +2,7 @@
 
 Hypothesis mutates a copy of the tiny model folder: manifest values and their types, the manifest's bytes,
 truncated or garbled tokenizer.json and model.onnx (with the manifest's hash updated, as a tool that rewrote
-the file would), and missing files. Loading and encoding must then either work or raise a GteOnnxError.
+the file would), and missing files. Loading and encoding (or scoring, for the reranker) must then either work or raise a GteOnnxError.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from gte_onnx import Embedder  # noqa: E402
+from gte_onnx import Embedder, Reranker  # noqa: E402
 from gte_onnx.errors import GteOnnxError  # noqa: E402
 from gte_onnx.manifest import MANIFEST_NAME  # noqa: E402
 
@@ -35,7 +35,9 @@ FILES = ["gte-onnx.json", "model.onnx", "tokenizer.json", "tokenizer_config.json
 TEXTS = ["what is the capital of China?", "a longer text, with punctuation; and numbers 12345 and émojis 🙂"]
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(allow_nan=True, allow_infinity=True)
+    st.none() | st.booleans() | st.integers(-2, 600) | st.integers(-(2**40), 2**40)
+    | st.sampled_from([2**31, 2**63, 10**30, -(2**63)])
+    | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(max_size=12) | st.sampled_from(["cls", "mean", "none", "rerank", "embedding", "fp32", "model.onnx",
                                               "last_hidden_state", "../outside.onnx", "\x00"]),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
@@ -136,15 +138,23 @@ def apply(folder: Path, mutation) -> None:
         _resign(folder, target)
 
 
-@pytest.fixture(scope="module")
-def pristine(tiny_gte_dir):
-    return Path(tiny_gte_dir)
+def _embed(folder: Path) -> None:
+    model = Embedder(folder, threads=1)
+    assert model.encode(TEXTS).shape == (len(TEXTS), model.dim)
 
 
-def test_a_damaged_folder_raises_only_typed_errors(pristine):
+def _rerank(folder: Path) -> None:
+    model = Reranker(folder, threads=1)
+    assert model.predict([(TEXTS[0], text) for text in TEXTS]).shape[0] == len(TEXTS)
+
+
+@pytest.mark.parametrize("fixture, use, examples", [("tiny_gte_dir", _embed, 80), ("tiny_reranker_dir", _rerank, 40)],
+                         ids=["embedder", "reranker"])
+def test_a_damaged_folder_raises_only_typed_errors(request, fixture, use, examples):
+    pristine = Path(request.getfixturevalue(fixture))
     sizes = {name: (pristine / name).stat().st_size for name in FILES[:3]}
 
-    @settings(max_examples=60, deadline=None, derandomize=True, database=None,
+    @settings(max_examples=examples, deadline=None, derandomize=True, database=None,
               suppress_health_check=list(HealthCheck))
     @given(mutations(sizes))
     def check(changes):
@@ -156,10 +166,8 @@ def test_a_damaged_folder_raises_only_typed_errors(pristine):
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 try:
-                    model = Embedder(folder, threads=1)
-                    vectors = model.encode(TEXTS)
+                    use(folder)
                 except GteOnnxError:
-                    return
-            assert vectors.shape == (len(TEXTS), model.dim)
+                    pass
 
     check()

@@ -14,14 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import (
-    InferenceError,
-    IntegrityError,
-    MissingDependencyError,
-    ModelFolderError,
-    ProviderError,
-    VariantError,
-)
+from .errors import InferenceError, IntegrityError, ModelFolderError, MissingDependencyError, ProviderError, VariantError
 from .manifest import Manifest, Variant, verify_variant
 
 CPU = "CPUExecutionProvider"

@@ -8,6 +8,7 @@ TypeError from deep inside the runtime.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -134,14 +135,24 @@ class Fields:
         return tuple(value)
 
     def file_name(self, key: str, default: Any = _MISSING) -> str:
-        """A path relative to the model folder: a non-empty string without NUL characters."""
+        """A path relative to the model folder, one the operating system can take."""
         value = self.string(key, default)
-        if "\x00" in value:
-            raise self._wrong(key, "a file name without NUL characters", value)
+        if not usable_path(value):
+            raise self._wrong(key, "a file name without NUL or unpaired surrogate characters", value)
         return value
 
     def file_names(self, key: str, default: Any = _MISSING) -> tuple[str, ...]:
         values = self.strings(key, default, allow_empty=True)
-        if any("\x00" in value for value in values):
-            raise self._wrong(key, "file names without NUL characters", values)
+        if not all(usable_path(value) for value in values):
+            raise self._wrong(key, "file names without NUL or unpaired surrogate characters", values)
         return values
+
+
+def usable_path(name: str) -> bool:
+    """False for what os functions refuse with ValueError: NUL bytes, and text with unpaired surrogates
+    (JSON can spell them as \\ud800) that the file system encoding cannot encode."""
+    try:
+        os.fsencode(name)
+    except UnicodeError:
+        return False
+    return "\x00" not in name

@@ -16,14 +16,12 @@ import warnings
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-hypothesis = pytest.importorskip("hypothesis")
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from gte_onnx import Embedder, Reranker  # noqa: E402
-from gte_onnx.errors import GteOnnxError  # noqa: E402
-from gte_onnx.manifest import MANIFEST_NAME  # noqa: E402
+from gte_onnx import Embedder, Reranker
+from gte_onnx.errors import GteOnnxError
+from gte_onnx.manifest import MANIFEST_NAME
 
 TOP_KEYS = ["format_version", "task", "pooling", "normalize", "max_length", "dim", "inputs", "output", "opset",
             "tokenizer", "variants", "source", "tools", "validation", "speed_ranking", "extra"]
@@ -39,7 +37,7 @@ json_values = st.recursive(
     | st.sampled_from([2**31, 2**63, 10**30, -(2**63)])
     | st.floats(allow_nan=True, allow_infinity=True)
     | st.text(max_size=12) | st.sampled_from(["cls", "mean", "none", "rerank", "embedding", "fp32", "model.onnx",
-                                              "last_hidden_state", "../outside.onnx", "\x00"]),
+                                              "last_hidden_state", "../outside.onnx", "\x00", "\ud800.onnx"]),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
     max_leaves=5,
 )

@@ -118,7 +118,8 @@ class TextTokenizer:
         vocab = tok.get_vocab_size(with_added_tokens=True)
         if not 0 <= int(pad_token_id) < vocab:
             raise ModelFolderError(
-                f"{path}: the pad token id {pad_token_id} is outside the tokenizer's vocabulary of {vocab}"
+                f"{path}: the pad token id {pad_token_id} (the manifest's tokenizer.pad_token_id) is outside the "
+                f"tokenizer's vocabulary of {vocab}"
             )
         return cls(text, max_length, pad_token_id, parsed=tok)
 

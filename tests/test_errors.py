@@ -220,7 +220,8 @@ def test_tokenizer_json_that_cannot_be_read(tiny_gte_dir, tmp_path, damage, mess
 def test_pad_token_outside_the_vocabulary(tiny_gte_dir, tmp_path):
     folder = _link_copy(tiny_gte_dir, tmp_path / "m")
     _edit_manifest(folder, lambda m: m["tokenizer"].update(pad_token_id=10**6))
-    with pytest.raises(ModelFolderError, match="pad token id 1000000 is outside the tokenizer's vocabulary"):
+    with pytest.raises(ModelFolderError, match=r"pad token id 1000000 \(the manifest.s tokenizer.pad_token_id\) "
+                                               r"is outside the tokenizer.s vocabulary"):
         Embedder(folder, threads=1)
 
 

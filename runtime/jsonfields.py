@@ -29,7 +29,9 @@ def read_json_object(path: Path, what: str) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ModelFolderError(f"cannot read the {what} {path}: it is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+        raise ModelFolderError(
+            f"cannot read the {what} {path}: it is not UTF-8 text (byte {exc.start}: {exc.reason})"
+        ) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:

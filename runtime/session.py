@@ -14,7 +14,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .errors import InferenceError, IntegrityError, ModelFolderError, MissingDependencyError, ProviderError, VariantError
+from .errors import IntegrityError, ModelFolderError, MissingDependencyError, ProviderError, VariantError
+from .errors import InferenceError
 from .manifest import Manifest, Variant, verify_variant
 
 CPU = "CPUExecutionProvider"

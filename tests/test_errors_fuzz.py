@@ -2,7 +2,8 @@
 
 Hypothesis mutates a copy of the tiny model folder: manifest values and their types, the manifest's bytes,
 truncated or garbled tokenizer.json and model.onnx (with the manifest's hash updated, as a tool that rewrote
-the file would), and missing files. Loading and encoding (or scoring, for the reranker) must then either work or raise a GteOnnxError.
+the file would), and missing files. Loading and encoding (or scoring, for the reranker) must then either work
+or raise a GteOnnxError.
 """
 
 from __future__ import annotations

@@ -353,3 +353,13 @@ def test_max_length_too_small_for_a_pairs_special_tokens(tiny_reranker_dir, tmp_
     _edit_manifest(folder, lambda m: m.update(max_length=2))
     with pytest.raises(ModelFolderError, match="max_length of 2 tokens is too small to hold a pair"):
         Reranker(folder, threads=1).predict([("a long query", "and a document")])
+
+
+def test_a_closed_pipe_is_quiet(tiny_gte_dir):
+    # `gte-onnx embed ... | head -c 10`: the reader leaves early; no traceback, the status a shell gives SIGPIPE
+    proc = subprocess.Popen([sys.executable, "-m", "gte_onnx.cli", "embed", str(tiny_gte_dir), *map(str, range(2000))],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.read(10)
+    proc.stdout.close()
+    assert proc.wait(timeout=300) == 141
+    assert proc.stderr.read() == b""

@@ -8,12 +8,15 @@ TypeError from deep inside the runtime.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from .errors import ModelFolderError
 
 _MISSING = object()
+INT32_MAX = 2**31 - 1
+INT64_MAX = 2**63 - 1
 
 
 def read_json_object(path: Path, what: str) -> dict[str, Any]:
@@ -26,7 +29,9 @@ def read_json_object(path: Path, what: str) -> dict[str, Any]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ModelFolderError(f"cannot read the {what} {path}: it is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+        raise ModelFolderError(
+            f"cannot read the {what} {path}: it is not UTF-8 text (byte {exc.start}: {exc.reason})"
+        ) from None
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -88,11 +93,12 @@ class Fields:
             f"{self.where}: the {self._name(key)} must be {expected}, got {_json_type(value)} {shown}"
         )
 
-    def integer(self, key: str, default: Any = _MISSING, minimum: int | None = None) -> int:
+    def integer(self, key: str, default: Any = _MISSING, minimum: int = 0, maximum: int = INT32_MAX) -> int:
+        """An integer in [minimum, maximum]; the bound keeps huge JSON numbers from overflowing the native
+        libraries (tokenizers, onnxruntime) that receive them."""
         value = self._get(key, default)
-        if not is_int(value) or (minimum is not None and value < minimum):
-            expected = "an integer" if minimum is None else f"an integer >= {minimum}"
-            raise self._wrong(key, expected, value)
+        if not is_int(value) or not minimum <= value <= maximum:
+            raise self._wrong(key, f"an integer from {minimum} to {maximum}", value)
         return value
 
     def boolean(self, key: str, default: Any = _MISSING) -> bool:
@@ -131,14 +137,24 @@ class Fields:
         return tuple(value)
 
     def file_name(self, key: str, default: Any = _MISSING) -> str:
-        """A path relative to the model folder: a non-empty string without NUL characters."""
+        """A path relative to the model folder, one the operating system can take."""
         value = self.string(key, default)
-        if "\x00" in value:
-            raise self._wrong(key, "a file name without NUL characters", value)
+        if not usable_path(value):
+            raise self._wrong(key, "a file name without NUL or unpaired surrogate characters", value)
         return value
 
     def file_names(self, key: str, default: Any = _MISSING) -> tuple[str, ...]:
         values = self.strings(key, default, allow_empty=True)
-        if any("\x00" in value for value in values):
-            raise self._wrong(key, "file names without NUL characters", values)
+        if not all(usable_path(value) for value in values):
+            raise self._wrong(key, "file names without NUL or unpaired surrogate characters", values)
         return values
+
+
+def usable_path(name: str) -> bool:
+    """False for what os functions refuse with ValueError: NUL bytes, and text with unpaired surrogates
+    (JSON can spell them as \\ud800) that the file system encoding cannot encode."""
+    try:
+        os.fsencode(name)
+    except UnicodeError:
+        return False
+    return "\x00" not in name

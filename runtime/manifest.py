@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import IntegrityError, ModelFolderError, VariantError
-from .jsonfields import Fields, is_int, read_json_object
+from .jsonfields import INT32_MAX, INT64_MAX, Fields, is_int, read_json_object
 
 MANIFEST_NAME = "gte-onnx.json"
 FORMAT_VERSION = 1
@@ -85,7 +85,7 @@ class Manifest:
         """Build the manifest from its parsed JSON, checking every field's type: a wrong or missing field is a
         ModelFolderError naming `where` (the file), the variant and the field, never a bare KeyError."""
         top = Fields(data, where)
-        version = top.integer("format_version", minimum=0)
+        version = top.integer("format_version")
         if version > FORMAT_VERSION:
             raise ModelFolderError(
                 f"{where}: format_version {version} is newer than this gte-onnx understands "
@@ -97,7 +97,7 @@ class Manifest:
         variants = {name: _variant_from_json(name, value, where) for name, value in variants_json.items()}
         tokenizer = top.mapping("tokenizer", {})
         pad = tokenizer.get("pad_token_id")
-        if pad is not None and (not is_int(pad) or pad < 0):
+        if pad is not None and (not is_int(pad) or not 0 <= pad <= INT32_MAX):
             raise ModelFolderError(f"{where}: tokenizer.pad_token_id must be a non-negative integer, got {pad!r}")
         return cls(
             format_version=version,
@@ -194,7 +194,7 @@ def _variant_from_json(name: str, data: Any, where: str) -> Variant:
         name=name,
         file=fields.file_name("file"),
         sha256=fields.string("sha256"),
-        bytes=fields.integer("bytes", minimum=0),
+        bytes=fields.integer("bytes", maximum=INT64_MAX),
         data_files=fields.file_names("data_files", ()),
         recipe=recipe,
         fidelity=fields.mapping("fidelity", {}),

@@ -118,7 +118,8 @@ class TextTokenizer:
         vocab = tok.get_vocab_size(with_added_tokens=True)
         if not 0 <= int(pad_token_id) < vocab:
             raise ModelFolderError(
-                f"{path}: the pad token id {pad_token_id} is outside the tokenizer's vocabulary of {vocab}"
+                f"{path}: the pad token id {pad_token_id} (the manifest's tokenizer.pad_token_id) is outside the "
+                f"tokenizer's vocabulary of {vocab}"
             )
         return cls(text, max_length, pad_token_id, parsed=tok)
 
@@ -225,6 +226,12 @@ class TextTokenizer:
             raise InputTooLongError(
                 f"{len(truncated)} {what}(s) exceed the max length of {self.max_length} tokens "
                 f"(the first is input {i}, with {lengths[i]} tokens); pass truncate='end' or 'start' to cut them"
+            )
+        longest = max((len(e.ids) for e in encodings), default=0)
+        if longest > self.max_length:  # tokenizers leaves a pair whole when max_length cannot fit its specials
+            raise ModelFolderError(
+                f"the model's max_length of {self.max_length} tokens is too small to hold a {what} with its "
+                f"special tokens ({longest} tokens after truncation); the manifest's max_length is wrong"
             )
         ids = [np.asarray(e.ids, dtype=np.int64) for e in encodings]
         type_ids = [np.asarray(e.type_ids, dtype=np.int64) for e in encodings]

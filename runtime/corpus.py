@@ -69,7 +69,7 @@ def run_identity(job: CorpusJob, embedder) -> dict:
     return {
         "model": {"variant": embedder.variant, "sha256": embedder.onnx_model.variant.sha256,
                   "dim": embedder.dim, "max_length": embedder.max_length},
-        "options": {"normalize": normalize, "truncate": embedder._model.truncate, "shard_size": job.shard_size,
+        "options": {"normalize": normalize, "truncate": embedder.truncate, "shard_size": job.shard_size,
                     **job.spec.settings()},
         "input": {"path": str(job.input.resolve()), "bytes": job.input.stat().st_size},
     }

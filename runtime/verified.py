@@ -22,17 +22,11 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from .cache import cache_root
+
 CACHE_FILE = "verified.json"
 RACY_SECONDS = 2.0
 MAX_ENTRIES = 256  # oldest dropped first; a few model folders need a handful each
-
-
-def cache_dir() -> Path:
-    explicit = os.environ.get("GTE_ONNX_CACHE")
-    if explicit:
-        return Path(explicit)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "gte-onnx"
 
 
 def _fingerprint(st: os.stat_result) -> dict[str, int]:
@@ -68,7 +62,7 @@ def file_digest(path: str | os.PathLike, compute: Callable[[Path], str]) -> str:
     key = str(path)
     st = path.stat()
     fingerprint = _fingerprint(st)
-    store = cache_dir() / CACHE_FILE
+    store = cache_root() / CACHE_FILE
     entries = _read(store)
     entry = entries.get(key)
     if isinstance(entry, dict) and entry.get("stat") == fingerprint and isinstance(entry.get("sha256"), str):

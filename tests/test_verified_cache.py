@@ -48,7 +48,7 @@ def test_unchanged_file_is_hashed_once(folder, hashes, monkeypatch):
     for _ in range(3):
         assert verify_variant(folder, variant) == folder / "model.onnx"
     assert len(hashes) == 1
-    stored = json.loads((verified.cache_dir() / verified.CACHE_FILE).read_text())
+    stored = json.loads((verified.cache_root() / verified.CACHE_FILE).read_text())
     assert list(stored.values())[0]["sha256"] == variant.sha256
 
 
@@ -86,13 +86,13 @@ def test_recently_changed_files_are_not_recorded(folder, hashes):
     verify_variant(folder, variant)
     verify_variant(folder, variant)
     assert len(hashes) == 2
-    assert not (verified.cache_dir() / verified.CACHE_FILE).exists()
+    assert not (verified.cache_root() / verified.CACHE_FILE).exists()
 
 
 def test_a_corrupt_or_forged_cache_is_never_trusted(folder, hashes, monkeypatch):
     monkeypatch.setattr(verified, "RACY_SECONDS", -60.0)
     variant = variant_of(folder)
-    store = verified.cache_dir() / verified.CACHE_FILE
+    store = verified.cache_root() / verified.CACHE_FILE
     store.parent.mkdir(parents=True)
     store.write_text("{not json")
     verify_variant(folder, variant)

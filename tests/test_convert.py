@@ -289,3 +289,16 @@ def test_validation_failure_is_typed_and_leaves_no_manifest(tiny_embedder_ckpt, 
         converter.convert_checkpoint(folder, tmp_path / "out", variants=(), validate_lengths=(5,), **QUIET)
     assert info.value.case == "length 5" and "numpy reference" in str(info.value)
     assert not (tmp_path / "out" / "gte-onnx.json").exists()
+
+
+def test_export_cli_converts_without_torch(tiny_embedder_ckpt, tmp_path, capsys):
+    from gte_onnx.export.cli import main
+
+    _, folder = tiny_embedder_ckpt
+    assert main([str(folder), str(tmp_path / "out"), "--no-torch", "--validate-lengths", "1,65"]) == 0
+    manifest = Manifest.load(tmp_path / "out")
+    assert manifest.validation["reference"] == "numpy" and sorted(manifest.validation["lengths"]) == ["1", "65"]
+    assert list(manifest.variants) == ["fp32"]
+    with pytest.raises(SystemExit):
+        main([GTE_ID, str(tmp_path / "other"), "--no-torch", "--random-weights"])
+    assert "--random-weights need PyTorch" in capsys.readouterr().err

@@ -146,10 +146,12 @@ def convert_checkpoint(
     task: str | None = None,
     validate_lengths: Sequence[int] = WINDOW_EDGE_LENGTHS,
     atol: float = DEFAULT_ATOL,
+    rank: bool = True,
 ) -> Path:
     """Convert the checkpoint folder `source` into a complete model folder at `out_dir` (manifest,
     tokenizer files, model.onnx validated against the numpy reference, then each of `variants` with its
-    fidelity against fp32). Returns out_dir. Raises UnsupportedModelError for other architectures,
+    fidelity against fp32, and with `rank` their CPU speed measured into the manifest's speed_ranking, which
+    variant="auto" reads). Returns out_dir. Raises UnsupportedModelError for other architectures,
     CheckpointFormatError for unreadable or incomplete weights, ExportValidationError when the graph
     disagrees with the reference."""
     source, out = Path(source), Path(out_dir)
@@ -176,4 +178,15 @@ def convert_checkpoint(
         from gte_onnx.quantize import quantize_folder
 
         quantize_folder(out, list(variants), log=log)
+        if rank:
+            rank_on_cpu(out, log)
     return out
+
+
+def rank_on_cpu(out: Path, log: Callable[[str], None]) -> None:
+    """Measure the variants' speed on the CPU (gte-onnx bench's short ranking) and record it."""
+    from gte_onnx.bench.ranking import rank_variants
+
+    started = time.perf_counter()
+    ranking = rank_variants(out, provider="CPUExecutionProvider", record=True)
+    log(f"CPU speed ranking, fastest first: {', '.join(ranking)} ({time.perf_counter() - started:.1f} s)")

@@ -77,22 +77,19 @@ def build_model(family: str, config: dict, source: Path, task: str, onnx_path: P
 
     names = ARCHITECTURES[family]
     architecture = names[1] if task == "rerank" else names[0]
+    parts = read_parts(family, config, source, task)
     if family == "modernbert":
         from .modernbert_graph import write_graph
 
-        parts = read_parts(family, config, source, task)
-        info = write_graph(parts, task, onnx_path)
-
-        def forward(probe: Probe) -> np.ndarray:
-            return ref.modernbert_forward(parts, probe.ids, probe.mask, task)
+        info, run = write_graph(parts, task, onnx_path), ref.modernbert_forward
     else:
         from .bert_graph import write_bert_graph
 
-        parts = read_parts(family, config, source, task)
-        info = write_bert_graph(parts, task, onnx_path)
+        info, run = write_bert_graph(parts, task, onnx_path), ref.bert_forward
 
-        def forward(probe: Probe) -> np.ndarray:
-            return ref.bert_forward(parts, probe.ids, probe.mask, task)
+    def forward(probe: Probe) -> np.ndarray:
+        return run(parts, probe.ids, probe.mask, task)
+
     dim = parts.head["classifier"].weight_t.shape[1] if task == "rerank" else parts.hidden
     return Built(info, forward, architecture, int(dim))
 

@@ -77,24 +77,38 @@ def build_model(family: str, config: dict, source: Path, task: str, onnx_path: P
 
     names = ARCHITECTURES[family]
     architecture = names[1] if task == "rerank" else names[0]
+    parts = read_parts(family, config, source, task)
     if family == "modernbert":
         from .modernbert_graph import write_graph
 
-        parts = read_parts(family, config, source, task)
-        info = write_graph(parts, task, onnx_path)
-
-        def forward(probe: Probe) -> np.ndarray:
-            return ref.modernbert_forward(parts, probe.ids, probe.mask, task)
+        info, run = write_graph(parts, task, onnx_path), ref.modernbert_forward
     else:
         from .bert_graph import write_bert_graph
 
-        parts = read_parts(family, config, source, task)
-        info = write_bert_graph(parts, task, onnx_path)
+        info, run = write_bert_graph(parts, task, onnx_path), ref.bert_forward
 
-        def forward(probe: Probe) -> np.ndarray:
-            return ref.bert_forward(parts, probe.ids, probe.mask, task)
+    def forward(probe: Probe) -> np.ndarray:
+        return row_by_row(lambda ids, mask: run(parts, ids, mask, task), probe, task)
+
     dim = parts.head["classifier"].weight_t.shape[1] if task == "rerank" else parts.hidden
     return Built(info, forward, architecture, int(dim))
+
+
+def row_by_row(run: Callable[[np.ndarray, np.ndarray], np.ndarray], probe: Probe, task: str) -> np.ndarray:
+    """The reference of a padded batch, computed one row at a time on its real tokens only: the reference
+    masks padding exactly (its weight underflows to 0), so this is the same function at a fraction of the
+    cost (a 5-row batch padded to 300 tokens holds 515 real ones). Pad positions of the result are 0."""
+    rows = []
+    for ids, mask in zip(probe.ids, probe.mask):
+        real = int(mask.sum())
+        if not mask[:real].all():  # left padding or holes: run the row as it is
+            rows.append(run(ids[None], mask[None])[0])
+            continue
+        out = run(ids[None, :real], mask[None, :real])[0]
+        if task != "rerank":
+            out = np.concatenate([out, np.zeros((len(ids) - real, *out.shape[1:]), out.dtype)])
+        rows.append(out)
+    return np.stack(rows)
 
 
 def _session(path: Path):
@@ -146,10 +160,12 @@ def convert_checkpoint(
     task: str | None = None,
     validate_lengths: Sequence[int] = WINDOW_EDGE_LENGTHS,
     atol: float = DEFAULT_ATOL,
+    rank: bool = True,
 ) -> Path:
     """Convert the checkpoint folder `source` into a complete model folder at `out_dir` (manifest,
     tokenizer files, model.onnx validated against the numpy reference, then each of `variants` with its
-    fidelity against fp32). Returns out_dir. Raises UnsupportedModelError for other architectures,
+    fidelity against fp32, and with `rank` their CPU speed measured into the manifest's speed_ranking, which
+    variant="auto" reads). Returns out_dir. Raises UnsupportedModelError for other architectures,
     CheckpointFormatError for unreadable or incomplete weights, ExportValidationError when the graph
     disagrees with the reference."""
     source, out = Path(source), Path(out_dir)
@@ -176,4 +192,37 @@ def convert_checkpoint(
         from gte_onnx.quantize import quantize_folder
 
         quantize_folder(out, list(variants), log=log)
+        if rank:
+            rank_on_cpu(out, log)
     return out
+
+
+def rank_on_cpu(out: Path, log: Callable[[str], None], batch: int = 8, length: int = 128, repeats: int = 3) -> None:
+    """Measure the CPU speed of the folder's variants that pass their gate and record it as the manifest's
+    speed_ranking, which variant="auto" reads: the median of `repeats` interleaved runs of one
+    (batch x length) input each, in this process (seconds, where `gte-onnx bench --record` takes minutes
+    for a full ranking over several shapes)."""
+    from gte_onnx.bench.ranking import record_ranking
+    from gte_onnx.manifest import Manifest
+
+    started = time.perf_counter()
+    manifest = Manifest.load(out)
+    names = [n for n, v in manifest.variants.items()
+             if v.passes_gate() and (not v.providers or "CPUExecutionProvider" in v.providers)]
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000, 5000, size=(batch, length)).astype(np.int64)
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    sessions = {n: _session(out / manifest.variants[n].file) for n in names}
+    inputs = {n: {i.name: feed[i.name] for i in s.get_inputs()} for n, s in sessions.items()}
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for n, s in sessions.items():  # warm-up
+        s.run(None, inputs[n])
+    for _ in range(repeats):
+        for n, s in sessions.items():
+            tick = time.perf_counter()
+            s.run(None, inputs[n])
+            times[n].append(time.perf_counter() - tick)
+    ranking = sorted(names, key=lambda n: float(np.median(times[n])))
+    record_ranking(out, {"CPUExecutionProvider": ranking})
+    figures = ", ".join(f"{n} {np.median(times[n]) * 1e3:.0f} ms" for n in ranking)
+    log(f"CPU speed at {batch}x{length}, fastest first: {figures} ({time.perf_counter() - started:.1f} s)")

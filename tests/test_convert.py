@@ -289,3 +289,31 @@ def test_validation_failure_is_typed_and_leaves_no_manifest(tiny_embedder_ckpt, 
         converter.convert_checkpoint(folder, tmp_path / "out", variants=(), validate_lengths=(5,), **QUIET)
     assert info.value.case == "length 5" and "numpy reference" in str(info.value)
     assert not (tmp_path / "out" / "gte-onnx.json").exists()
+
+
+def test_export_cli_converts_without_torch(tiny_embedder_ckpt, tmp_path, capsys):
+    from gte_onnx.export.cli import main
+
+    _, folder = tiny_embedder_ckpt
+    assert main([str(folder), str(tmp_path / "out"), "--no-torch", "--validate-lengths", "1,65"]) == 0
+    manifest = Manifest.load(tmp_path / "out")
+    assert manifest.validation["reference"] == "numpy" and sorted(manifest.validation["lengths"]) == ["1", "65"]
+    assert list(manifest.variants) == ["fp32"]
+    with pytest.raises(SystemExit):
+        main([GTE_ID, str(tmp_path / "other"), "--no-torch", "--random-weights"])
+    assert "--random-weights need PyTorch" in capsys.readouterr().err
+
+
+def test_the_reference_of_a_padded_batch_equals_its_rows_alone(tiny_embedder_ckpt):
+    from gte_onnx.convert import reference
+    from gte_onnx.convert.converter import row_by_row
+    from gte_onnx.convert.modernbert_weights import modernbert_parts
+    from gte_onnx.convert.validation import Probe
+
+    _, folder = tiny_embedder_ckpt
+    parts = modernbert_parts(read_config(folder), read_checkpoint(folder), "embedding")
+    ids, mask = _inputs(200, 50368, seed=5, batch=3)
+    padded = reference.modernbert_forward(parts, ids, mask)
+    rows = row_by_row(lambda i, m: reference.modernbert_forward(parts, i, m), Probe(ids, mask, ""), "embedding")
+    assert _max_diff(padded, rows, mask, "embedding") <= 1e-6
+    assert not rows[1, 100:].any()  # pad positions are zeros

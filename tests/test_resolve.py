@@ -387,3 +387,39 @@ def test_a_variant_no_conversion_makes_is_refused_before_converting(hub, tiny_ch
     with pytest.raises(VariantError, match=r"'bnb4' is not one a conversion makes.*source='onnx'"):
         resolve_model("org/convertible", variant="bnb4")
     assert not (hub.cache / "models--org--convertible").exists()
+
+
+def test_local_files_only_never_asks_the_hub_and_an_unreachable_hub_falls_back_to_the_cache(
+        hub, downloads, two_variant_dir, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from gte_onnx.resolve import resolve_model
+
+    commit = hub.add("org/cached", {p.relative_to(two_variant_dir).as_posix(): p
+                                    for p in two_variant_dir.rglob("*") if p.is_file()})
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    asked = []
+
+    def no_network(self, repo_id, **kwargs):
+        asked.append(repo_id)
+        raise ConnectionError("no route to huggingface.co")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", no_network)
+    folder = resolve_model("org/cached", local_files_only=True, variant="fp32")
+    assert asked == [] and folder.name == commit and "model.onnx" in downloads
+    assert resolve_model("org/cached", variant="fp32") == folder and asked == ["org/cached"]
+
+
+def test_a_reranker_repo_of_onnx_files_serves_reranker(hub, tiny_reranker_dir):
+    from gte_onnx import Reranker
+    from gte_onnx.export.checkpoint import SHIPPED_MODEL_FILES
+
+    shipped = SHIPPED_MODEL_FILES / "Alibaba-NLP" / "gte-reranker-modernbert-base"
+    files = {name: shipped / name for name in META if (shipped / name).is_file()}
+    hub.add("org/tiny-reranker", {**files, "onnx/model.onnx": tiny_reranker_dir / "model.onnx"})
+    pairs = [("what is the capital of China?", "Beijing"), ("what is the capital of China?", "sorting algorithms")]
+    model = Reranker("org/tiny-reranker", threads=1)
+    assert model.manifest.task == "rerank" and model.manifest.output == "logits" and model.manifest.pooling == "none"
+    np.testing.assert_allclose(model.predict(pairs), Reranker(tiny_reranker_dir, threads=1).predict(pairs), atol=1e-6)

@@ -127,9 +127,10 @@ class _BertWriter:
     def classifier(self, hidden: str) -> str:
         g, head = self.g, self.p.head
         g.scope = "head/"
-        first = g.op("Gather", [hidden, g.const(0)], axis=1)
+        # (B, 1, D): kept 3-D so ORT does not fuse MatMul + Add + Tanh into FusedGemm, a CPU-only op
+        first = g.op("Gather", [hidden, g.const([0])], axis=1)
         pooled = g.op("Tanh", [self.linear(first, head["pooler"], "pooler")])
-        return self.linear(pooled, head["classifier"], "classifier")
+        return g.op("Squeeze", [self.linear(pooled, head["classifier"], "classifier"), g.const([1])])
 
     def model(self, task: str):
         from onnx import TensorProto

@@ -59,30 +59,37 @@ class Built:
     dim: int
 
 
-def build_model(family: str, config: dict, tensors: dict, task: str, onnx_path: Path, where: str) -> Built:
-    """Write the fp32 graph of `tensors` at onnx_path; return it with its numpy reference."""
+def read_parts(family: str, config: dict, source: Path, task: str):
+    """The checkpoint's weights as the writer's numpy parts (the raw tensors are dropped on return)."""
+    tensors = read_checkpoint(source)
+    if family == "modernbert":
+        from .modernbert_weights import modernbert_parts
+
+        return modernbert_parts(config, tensors, task, str(source))
+    from .bert_weights import bert_parts
+
+    return bert_parts(config, tensors, task, str(source))
+
+
+def build_model(family: str, config: dict, source: Path, task: str, onnx_path: Path) -> Built:
+    """Write the fp32 graph of the checkpoint at onnx_path; return it with its numpy reference."""
     from . import reference as ref
 
     names = ARCHITECTURES[family]
     architecture = names[1] if task == "rerank" else names[0]
+    parts = read_parts(family, config, source, task)
     if family == "modernbert":
         from .modernbert_graph import write_graph
-        from .modernbert_weights import modernbert_parts
 
-        parts = modernbert_parts(config, tensors, task, where)
-        info = write_graph(parts, task, onnx_path)
-
-        def forward(probe: Probe) -> np.ndarray:
-            return ref.modernbert_forward(parts, probe.ids, probe.mask, task)
+        info, run = write_graph(parts, task, onnx_path), ref.modernbert_forward
     else:
         from .bert_graph import write_bert_graph
-        from .bert_weights import bert_parts
 
-        parts = bert_parts(config, tensors, task, where)
-        info = write_bert_graph(parts, task, onnx_path)
+        info, run = write_bert_graph(parts, task, onnx_path), ref.bert_forward
 
-        def forward(probe: Probe) -> np.ndarray:
-            return ref.bert_forward(parts, probe.ids, probe.mask, task)
+    def forward(probe: Probe) -> np.ndarray:
+        return run(parts, probe.ids, probe.mask, task)
+
     dim = parts.head["classifier"].weight_t.shape[1] if task == "rerank" else parts.hidden
     return Built(info, forward, architecture, int(dim))
 
@@ -119,7 +126,7 @@ def validate(built: Built, out: Path, task: str, spec: ProbeSpec, lengths: Seque
     return {"reference": "numpy", **report}
 
 
-def _probe_spec(config: dict, files: FolderFiles, max_length: int, tensors: dict) -> ProbeSpec:
+def _probe_spec(config: dict, files: FolderFiles, max_length: int) -> ProbeSpec:
     vocab = int(config_value(config, "vocab_size", 0))
     return ProbeSpec(max_length, vocab, files.specials["all"], files.specials["cls"], files.specials["sep"],
                      files.pad_id(config_value(config, "pad_token_id", 0)))
@@ -136,10 +143,12 @@ def convert_checkpoint(
     task: str | None = None,
     validate_lengths: Sequence[int] = WINDOW_EDGE_LENGTHS,
     atol: float = DEFAULT_ATOL,
+    rank: bool = True,
 ) -> Path:
     """Convert the checkpoint folder `source` into a complete model folder at `out_dir` (manifest,
     tokenizer files, model.onnx validated against the numpy reference, then each of `variants` with its
-    fidelity against fp32). Returns out_dir. Raises UnsupportedModelError for other architectures,
+    fidelity against fp32, and with `rank` their CPU speed measured into the manifest's speed_ranking, which
+    variant="auto" reads). Returns out_dir. Raises UnsupportedModelError for other architectures,
     CheckpointFormatError for unreadable or incomplete weights, ExportValidationError when the graph
     disagrees with the reference."""
     source, out = Path(source), Path(out_dir)
@@ -151,15 +160,12 @@ def convert_checkpoint(
     task = check_task(task or infer_task(config))
     files = start_folder(source, out)
     max_length = read_max_length(source, config)
-    log(f"reading the {family} weights of {source}")
-    tensors = read_checkpoint(source)
-    log(f"writing the {task} graph")
-    built = build_model(family, config, tensors, task, out / MODEL_FILE, str(source))
-    spec = _probe_spec(config, files, max_length, tensors)
+    log(f"reading the {family} weights of {source} and writing the {task} graph")
+    built = build_model(family, config, source, task, out / MODEL_FILE)
+    spec = _probe_spec(config, files, max_length)
     log(f"validating against the numpy reference at lengths {sorted({min(n, max_length) for n in validate_lengths})}")
     report = validate(built, out, task, spec, validate_lengths, atol)
     log(f"validation passed: max |diff| {report['max_abs_diff']:.2e} (limit {atol:g})")
-    del tensors
     facts = ManifestFacts(task, _provenance(source, model_id, revision, config, built.architecture),
                           read_pooling(source, task, config), max_length, built.dim)
     write_manifest(out, facts, files, built.info, report, fp32_variant(out, built.info, report, "numpy"),
@@ -169,4 +175,15 @@ def convert_checkpoint(
         from gte_onnx.quantize import quantize_folder
 
         quantize_folder(out, list(variants), log=log)
+        if rank:
+            rank_on_cpu(out, log)
     return out
+
+
+def rank_on_cpu(out: Path, log: Callable[[str], None]) -> None:
+    """Measure the variants' speed on the CPU (gte-onnx bench's short ranking) and record it."""
+    from gte_onnx.bench.ranking import rank_variants
+
+    started = time.perf_counter()
+    ranking = rank_variants(out, provider="CPUExecutionProvider", record=True)
+    log(f"CPU speed ranking, fastest first: {', '.join(ranking)} ({time.perf_counter() - started:.1f} s)")

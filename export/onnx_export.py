@@ -1,39 +1,35 @@
-"""Checkpoint -> validated fp32 ONNX model folder (model.onnx, tokenizer files, gte-onnx.json)."""
+"""Checkpoint -> validated fp32 ONNX model folder (model.onnx, tokenizer files, gte-onnx.json).
+
+ModernBERT and the BERT family are written op by op from numpy weights by gte_onnx.convert (the writer the
+torch-free converter uses too); only other architectures go through torch.onnx.export. The graph is then
+validated against PyTorch, and the manifest written last.
+"""
 
 from __future__ import annotations
 
-import importlib.metadata
 import inspect
-import json
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from gte_onnx.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, Variant, describe_file
+import numpy as np
 
-from .checkpoint import (
-    Checkpoint,
-    copy_model_files,
-    load_checkpoint,
-    read_max_length,
-    read_pooling,
-    save_checkpoint,
+from gte_onnx.convert.folder import (
+    MODEL_FILE,
+    FolderFiles,
+    ManifestFacts,
+    fp32_variant,
+    start_folder,
+    tool_versions,
+    write_manifest,
 )
+from gte_onnx.manifest import MANIFEST_NAME
+
+from .checkpoint import Checkpoint, load_checkpoint, read_max_length, read_pooling, save_checkpoint
 from .validate import DEFAULT_ATOL, DEFAULT_LENGTHS, validate_export
 
 DEFAULT_OPSET = 17
-MODEL_FILE = "model.onnx"
-
-
-def tool_versions() -> dict[str, str]:
-    versions = {}
-    for dist in ("gte-onnx", "torch", "transformers", "onnx", "onnxruntime", "tokenizers"):
-        try:
-            versions[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            pass
-    return versions
 
 
 def _uses_token_type_ids(model) -> bool:
@@ -83,32 +79,83 @@ def export_generic(model, task: str, onnx_path: Path, opset: int = DEFAULT_OPSET
     return {"inputs": names, "output": output, "opset": opset, "attention": "transformers default (naive)"}
 
 
+def torch_state_dict(model) -> dict[str, np.ndarray]:
+    """The model's parameters and buffers as float32 numpy arrays (the converter's input)."""
+    return {name: np.ascontiguousarray(t.detach().to("cpu").float().numpy()) if t.is_floating_point()
+            else t.detach().to("cpu").numpy() for name, t in model.state_dict().items()}
+
+
+def export_bert(model, task: str, onnx_path: Path) -> dict[str, Any]:
+    """The op-by-op BERT graph of a BertModel / BertForSequenceClassification, from its weights."""
+    from gte_onnx.convert.bert_graph import write_bert_graph
+    from gte_onnx.convert.bert_weights import bert_parts
+
+    return write_bert_graph(bert_parts(model.config.to_dict(), torch_state_dict(model), task), task, onnx_path)
+
+
 def export_graph(checkpoint: Checkpoint, onnx_path: Path, attention: str = "auto") -> dict[str, Any]:
-    """Pick the exporter for the architecture: ModernBERT gets the windowed-attention graph."""
-    model_type = getattr(checkpoint.config, "model_type", "")
-    if model_type == "modernbert" and attention != "naive":
+    """Pick the writer for the architecture: ModernBERT gets the windowed-attention graph, the BERT family
+    the op-by-op graph; anything else (and attention="naive") is traced by torch.onnx.export."""
+    from gte_onnx.convert.converter import supported_architecture
+
+    family = supported_architecture(checkpoint.config.to_dict())
+    if attention != "naive" and family == "modernbert":
         from .modernbert import export_modernbert
 
         return export_modernbert(checkpoint.model, checkpoint.task, onnx_path)
+    if attention != "naive" and family == "bert":
+        return export_bert(checkpoint.model, checkpoint.task, onnx_path)
     return export_generic(checkpoint.model, checkpoint.task, onnx_path)
 
 
-def _special_ids(tokenizer_json: Path) -> dict[str, Any]:
-    data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
-    specials = {tok["content"]: tok["id"] for tok in data.get("added_tokens", []) if tok.get("special")}
+def _session(path: Path):
+    import onnxruntime as ort
 
-    def first(*names):
-        for name in names:
-            if name in specials:
-                return specials[name]
-        return None
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-    return {
-        "cls": first("[CLS]", "<s>"),
-        "sep": first("[SEP]", "</s>"),
-        "pad": first("[PAD]", "<pad>"),
-        "all": sorted(specials.values()),
+
+def _validate(ckpt: Checkpoint, session, info, files: FolderFiles, max_length: int, lengths, atol) -> dict:
+    input_names = [i.name for i in session.get_inputs()]
+    return validate_export(
+        ckpt.model, session, ckpt.task, input_names, info["output"], max_length, int(ckpt.config.vocab_size),
+        files.specials["all"], files.specials["cls"], files.specials["sep"],
+        files.pad_id(getattr(ckpt.config, "pad_token_id", 0)), lengths, atol,
+    )
+
+
+def write_validated_graph(ckpt: Checkpoint, out: Path, files: FolderFiles, max_length: int,
+                          lengths: Sequence[int], atol: float, attention: str, log) -> tuple[dict, dict]:
+    """Write model.onnx into `out` only once it agrees with PyTorch; return (graph info, report)."""
+    with tempfile.TemporaryDirectory(dir=out) as tmp:
+        tmp_path = Path(tmp) / MODEL_FILE
+        log(f"exporting {type(ckpt.model).__name__} ({ckpt.task}) to ONNX")
+        info = export_graph(ckpt, tmp_path, attention)
+        session = _session(tmp_path)
+        info["inputs"] = [i.name for i in session.get_inputs()]
+        log(f"validating against PyTorch at lengths {sorted({min(n, max_length) for n in lengths})}")
+        report = _validate(ckpt, session, info, files, max_length, lengths, atol)
+        del session
+        shutil.move(str(tmp_path), out / MODEL_FILE)
+        for extra in Path(tmp).iterdir():  # external data written beside the graph, if any
+            shutil.move(str(extra), out / extra.name)
+    log(f"validation passed: max |diff| {report['max_abs_diff']:.2e} (limit {atol:g})")
+    return info, report
+
+
+def _facts(ckpt: Checkpoint, max_length: int) -> ManifestFacts:
+    dim = int(ckpt.config.num_labels) if ckpt.task == "rerank" else int(ckpt.config.hidden_size)
+    source = {
+        "model_id": ckpt.model_id,
+        "revision": ckpt.revision,
+        "architecture": type(ckpt.model).__name__,
+        "model_type": ckpt.config.model_type,
+        "random_weights": ckpt.random_weights,
+        "seed": ckpt.seed,
+        "config_overrides": dict(ckpt.config_overrides),
     }
+    return ManifestFacts(ckpt.task, source, read_pooling(ckpt.folder, ckpt.task, ckpt.config), max_length, dim)
 
 
 def export_model(
@@ -128,8 +175,6 @@ def export_model(
 ) -> Path:
     """Export MODEL to OUT_DIR and validate it against PyTorch; the manifest is written last, so a folder
     with a manifest is always a validated one."""
-    import onnxruntime as ort
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST_NAME).unlink(missing_ok=True)
@@ -138,87 +183,10 @@ def export_model(
     if save_checkpoint_dir is not None:
         save_checkpoint(ckpt, save_checkpoint_dir)
         log(f"saved the PyTorch checkpoint to {save_checkpoint_dir}")
-
-    copied = copy_model_files(ckpt.folder, out)
-    if "tokenizer.json" not in copied:
-        raise FileNotFoundError(f"{ckpt.folder} has no tokenizer.json (a fast tokenizer is required)")
-    specials = _special_ids(out / "tokenizer.json")
+    files = start_folder(ckpt.folder, out)
     max_length = read_max_length(ckpt.folder, ckpt.config)
-    pooling, normalize, pooling_source = read_pooling(ckpt.folder, ckpt.task, ckpt.config)
-
-    with tempfile.TemporaryDirectory(dir=out) as tmp:
-        tmp_path = Path(tmp) / MODEL_FILE
-        log(f"exporting {type(ckpt.model).__name__} ({ckpt.task}) to ONNX")
-        info = export_graph(ckpt, tmp_path, attention)
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        session = ort.InferenceSession(str(tmp_path), options, providers=["CPUExecutionProvider"])
-        input_names = [i.name for i in session.get_inputs()]
-        log(f"validating against PyTorch at lengths {sorted({min(n, max_length) for n in validate_lengths})}")
-        report = validate_export(
-            ckpt.model,
-            session,
-            ckpt.task,
-            input_names,
-            info["output"],
-            max_length,
-            int(ckpt.config.vocab_size),
-            specials["all"],
-            specials["cls"],
-            specials["sep"],
-            specials["pad"] if specials["pad"] is not None else int(getattr(ckpt.config, "pad_token_id", 0) or 0),
-            validate_lengths,
-            atol,
-        )
-        del session
-        shutil.move(str(tmp_path), out / MODEL_FILE)
-        for extra in Path(tmp).iterdir():  # external data written beside the graph, if any
-            shutil.move(str(extra), out / extra.name)
-
-    log(f"validation passed: max |diff| {report['max_abs_diff']:.2e} (limit {atol:g})")
-    data_files = tuple(sorted(p.name for p in out.glob(f"{MODEL_FILE}.data")))
-    described = describe_file(out, MODEL_FILE)
-    fp32 = Variant(
-        name="fp32",
-        file=MODEL_FILE,
-        sha256=described["sha256"],
-        bytes=described["bytes"],
-        data_files=data_files,
-        recipe={"dtype": "float32", "attention": info.get("attention", ""), **info.get("recipe", {})},
-        fidelity={"reference": "pytorch", "max_abs_diff": report["max_abs_diff"], "atol": atol, "passed": True},
-        providers=(),
-    )
-    dim = int(ckpt.config.num_labels) if ckpt.task == "rerank" else int(ckpt.config.hidden_size)
-    manifest = Manifest(
-        format_version=FORMAT_VERSION,
-        task=ckpt.task,
-        source={
-            "model_id": ckpt.model_id,
-            "revision": ckpt.revision,
-            "architecture": type(ckpt.model).__name__,
-            "model_type": ckpt.config.model_type,
-            "random_weights": ckpt.random_weights,
-            "seed": ckpt.seed,
-            "config_overrides": dict(ckpt.config_overrides),
-        },
-        pooling=pooling,
-        normalize=normalize,
-        max_length=max_length,
-        dim=dim,
-        inputs=tuple(input_names),
-        output=info["output"],
-        opset=int(info["opset"]),
-        tokenizer={
-            "files": [f for f in copied if not f.startswith(("modules", "1_Pooling", "config_sentence", "sentence_bert"))],
-            "pad_token_id": specials["pad"],
-            "cls_token_id": specials["cls"],
-            "sep_token_id": specials["sep"],
-        },
-        variants={"fp32": fp32},
-        tools=tool_versions(),
-        validation=report,
-        extra={"pooling_source": pooling_source},
-    )
-    manifest.save(out)
+    info, report = write_validated_graph(ckpt, out, files, max_length, validate_lengths, atol, attention, log)
+    write_manifest(out, _facts(ckpt, max_length), files, info, report, fp32_variant(out, info, report, "pytorch"),
+                   tool_versions())
     log(f"wrote {out / MANIFEST_NAME}")
     return out

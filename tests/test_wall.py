@@ -1,5 +1,7 @@
-"""The runtime's wall: runtime/ never imports torch, transformers or the export/quantize/parity/bench rooms,
-and a fresh environment with only `.[cpu]` installed embeds texts while `import torch` fails there."""
+"""The walls: runtime/ never imports torch, transformers or the export/quantize/parity/bench rooms (and the
+torch-free converter only lazily, inside the functions that convert); convert/ never imports torch,
+transformers or gte_onnx.export; a fresh environment with only `.[cpu]` installed converts a safetensors
+checkpoint and embeds texts while `import torch` fails there."""
 
 from __future__ import annotations
 
@@ -15,85 +17,129 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN_TOP = {"torch", "transformers", "optimum", "sentence_transformers", "onnx", "onnxscript"}
 FORBIDDEN_ROOMS = {"export", "quantize", "parity", "bench"}
-# The torch-free converter may be imported by the runtime, but only inside the functions that convert or
-# import a model, so loading a ready model folder never imports onnx or the converter.
-LAZY_ROOMS = {"convert"}
+LAZY_ONLY_ROOMS = {"convert"}  # the runtime may call the converter, but never loads it at import time
+CONVERT_FORBIDDEN_TOP = {"torch", "transformers", "optimum", "sentence_transformers", "onnxscript"}
+CONVERT_FORBIDDEN_ROOMS = {"export"}
 
 
-def _function_nodes(tree) -> set[int]:
-    """ids of the import nodes that sit inside a function body (lazy imports)."""
-    inside = set()
-    for func in ast.walk(tree):
-        if isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            inside.update(id(n) for n in ast.walk(func) if isinstance(n, (ast.Import, ast.ImportFrom)))
-    return inside
+def _module_level(tree) -> set[int]:
+    """ids of the import nodes that run at import time (not inside a function)."""
+    found: set[int] = set()
+
+    def visit(node):
+        for child in ast.iter_child_nodes(node):
+            if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                continue
+            if isinstance(child, (ast.Import, ast.ImportFrom)):
+                found.add(id(child))
+            visit(child)
+
+    visit(tree)
+    return found
 
 
-def runtime_imports(with_lazy: bool = False):
-    """(path, line, module) of every import in runtime/; with_lazy adds whether it sits in a function."""
-    for path, line, module, lazy in _runtime_imports():
-        yield (path, line, module, lazy) if with_lazy else (path, line, module)
-
-
-def _runtime_imports():
-    for path in sorted((ROOT / "runtime").rglob("*.py")):
+def runtime_imports(room: str = "runtime", package: str = "gte_onnx", with_level: bool = False):
+    """(path, line, module) of every import in the room's files, lazy ones included; with_level adds
+    whether the import runs at module level."""
+    for path in sorted((ROOT / room).rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-        lazy_nodes = _function_nodes(tree)
-        depth_of_pkg = len(path.relative_to(ROOT / "runtime").parts) - 1  # 0 for runtime/x.py
+        depth_of_pkg = len(path.relative_to(ROOT / room).parts) - 1  # 0 for runtime/x.py
+        top_level = _module_level(tree)
         for node in ast.walk(tree):
-            lazy = id(node) in lazy_nodes
+            extra = (id(node) in top_level,) if with_level else ()
             if isinstance(node, ast.Import):
                 for alias in node.names:
-                    yield path, node.lineno, alias.name, lazy
+                    yield (path, node.lineno, alias.name, *extra)
             elif isinstance(node, ast.ImportFrom):
                 if node.level == 0:
-                    yield path, node.lineno, node.module or "", lazy
+                    yield (path, node.lineno, node.module or "", *extra)
                 else:
-                    # resolve the relative import against gte_onnx (= runtime/)
-                    parts = ["gte_onnx"] + list(path.relative_to(ROOT / "runtime").parts[:-1])
+                    # resolve the relative import against the room's package (runtime/ = gte_onnx)
+                    parts = package.split(".") + list(path.relative_to(ROOT / room).parts[:-1])
                     base = parts[: len(parts) - (node.level - 1)] if node.level - 1 <= depth_of_pkg else ["<outside>"]
                     module = ".".join(base + ([node.module] if node.module else []))
                     if node.module is None:
                         for alias in node.names:
-                            yield path, node.lineno, f"{module}.{alias.name}", lazy
+                            yield (path, node.lineno, f"{module}.{alias.name}", *extra)
                     else:
-                        yield path, node.lineno, module, lazy
+                        yield (path, node.lineno, module, *extra)
 
 
 def test_runtime_never_imports_torch_side_packages():
     offenders = []
     seen = 0
-    for path, line, module, lazy in runtime_imports(with_lazy=True):
+    for path, line, module in runtime_imports():
         seen += 1
         top = module.split(".")[0]
         parts = module.split(".")
-        room = parts[1] if top == "gte_onnx" and len(parts) > 1 else None
-        if top in FORBIDDEN_TOP or room in FORBIDDEN_ROOMS:
+        if top in FORBIDDEN_TOP or (top == "gte_onnx" and len(parts) > 1 and parts[1] in FORBIDDEN_ROOMS):
             offenders.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
-        elif room in LAZY_ROOMS and not lazy:
-            offenders.append(f"{path.relative_to(ROOT)}:{line} imports {module} at module level (only inside functions)")
     assert seen > 20, "the scan found too few imports: is it reading runtime/?"
+    assert not offenders, "\n".join(offenders)
+
+
+def test_runtime_loads_the_converter_only_inside_functions():
+    offenders = [
+        f"{path.relative_to(ROOT)}:{line} imports {module} at module level"
+        for path, line, module, top_level in runtime_imports(with_level=True)
+        if top_level and module.split(".")[:2] in (["gte_onnx", room] for room in LAZY_ONLY_ROOMS)
+    ]
     assert not offenders, "\n".join(offenders)
 
 
 def test_the_scan_tells_a_lazy_converter_import_from_a_module_level_one():
     probe = ROOT / "runtime" / "_wall_probe_lazy_tmp.py"
-    probe.write_text("from gte_onnx.convert import metadata\n\ndef f():\n    from .convert import onnx_import\n",
+    probe.write_text("from gte_onnx.convert import converter\n\ndef f():\n    from .convert import onnx_import\n",
                      encoding="utf-8")
     try:
-        found = {(m, lazy) for p, _, m, lazy in runtime_imports(with_lazy=True) if p == probe}
-        assert found == {("gte_onnx.convert", False), ("gte_onnx.convert", True)}, found
+        found = {(m, top) for p, _, m, top in runtime_imports(with_level=True) if p == probe}
+        assert found == {("gte_onnx.convert", True), ("gte_onnx.convert", False)}, found
     finally:
         probe.unlink()
+
+
+def test_convert_never_imports_torch_or_export():
+    offenders = []
+    seen = 0
+    for path, line, module in runtime_imports("convert", "gte_onnx.convert"):
+        seen += 1
+        parts = module.split(".")
+        if parts[0] in CONVERT_FORBIDDEN_TOP or (parts[0] == "gte_onnx" and len(parts) > 1
+                                                  and parts[1] in CONVERT_FORBIDDEN_ROOMS):
+            offenders.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
+    assert seen > 20, "the scan found too few imports: is it reading convert/?"
+    assert not offenders, "\n".join(offenders)
+
+
+def test_convert_and_what_it_loads_run_with_torch_blocked():
+    """Every convert module and the quantize and parity code the converter calls import with torch,
+    transformers and gte_onnx.export made unimportable."""
+    modules = sorted(f"gte_onnx.convert.{p.stem}" for p in (ROOT / "convert").glob("*.py") if p.stem != "__init__")
+    code = textwrap.dedent(
+        f"""
+        import importlib, sys
+        for name in {sorted(CONVERT_FORBIDDEN_TOP | {"gte_onnx.export"})!r}:
+            sys.modules[name] = None  # import of a None entry raises ImportError
+        for name in {modules + ["gte_onnx.quantize.build", "gte_onnx.quantize.int8", "gte_onnx.quantize.fidelity"]!r}:
+            importlib.import_module(name)
+        from gte_onnx.quantize.build import calibration_texts
+        assert calibration_texts(8)
+        print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'transformers') and sys.modules[m]))
+        """
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 def test_the_scan_catches_a_forbidden_import(tmp_path, monkeypatch):
     # The scan must be able to fail: plant a file that imports torch lazily and one relative room import.
     bad = ROOT / "runtime" / "_wall_probe_tmp.py"
-    bad.write_text("def f():\n    import torch\n    from .export import onnx_export\n", encoding="utf-8")
+    bad.write_text("from .convert import converter\n\ndef f():\n    import torch\n    from .export import onnx_export\n",
+                   encoding="utf-8")
     try:
-        found = [m for p, _, m in runtime_imports() if p == bad]
-        assert "torch" in found and "gte_onnx.export" in found
+        found = {m: top for p, _, m, top in runtime_imports(with_level=True) if p == bad}
+        assert found == {"gte_onnx.convert": True, "torch": False, "gte_onnx.export": False}, found
     finally:
         bad.unlink()
 
@@ -105,8 +151,22 @@ def _wheel_or_source() -> str:
     return str(ROOT)
 
 
+@pytest.fixture
+def tiny_fp16_checkpoint(tmp_path):
+    """A tiny gte saved as fp16 safetensors, as the released weights are (made here, where torch is)."""
+    import torch
+
+    from gte_onnx.export.checkpoint import load_checkpoint, save_checkpoint
+
+    from .conftest import GTE_ID, TINY_OVERRIDES
+
+    ckpt = load_checkpoint(GTE_ID, random_weights=True, seed=0, config_overrides=TINY_OVERRIDES)
+    ckpt.model.to(torch.float16)
+    return save_checkpoint(ckpt, tmp_path / "tiny-fp16-ckpt")
+
+
 @pytest.mark.slow
-def test_fresh_cpu_only_environment_embeds_and_has_no_torch(tmp_path, tiny_gte_dir):
+def test_fresh_cpu_only_environment_embeds_and_has_no_torch(tmp_path, tiny_gte_dir, tiny_fp16_checkpoint):
     """Install the package (CI: the built wheel) with only the [cpu] extra into an empty venv."""
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
@@ -134,6 +194,28 @@ def test_fresh_cpu_only_environment_embeds_and_has_no_torch(tmp_path, tiny_gte_d
     run = subprocess.run([str(py), "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert '"torch_spec": false' in run.stdout and '"loaded": []' in run.stdout, run.stdout
+    convert = textwrap.dedent(
+        f"""
+        import json, sys
+        from pathlib import Path
+        from gte_onnx import Embedder
+        from gte_onnx.convert import convert_checkpoint
+        out = convert_checkpoint(Path({str(tiny_fp16_checkpoint)!r}), Path({str(tmp_path / "converted")!r}),
+                                 variants=("int8",), log=lambda _m: None)
+        e = Embedder(out, variant="auto")
+        v = e.encode(["hello world", "a second text"])
+        assert v.shape == (2, e.dim), v.shape
+        manifest = json.loads((out / "gte-onnx.json").read_text())
+        assert manifest["validation"]["reference"] == "numpy", manifest["validation"]
+        assert manifest["variants"]["int8"]["fidelity"]["passed"] is True
+        ranking = manifest["speed_ranking"]["CPUExecutionProvider"]  # measured by the conversion
+        assert e.variant == ranking[0], (e.variant, ranking)
+        print(json.dumps({{"variant": e.variant, "torch": [m for m in sys.modules if m.split('.')[0] == 'torch']}}))
+        """
+    )
+    run = subprocess.run([str(py), "-c", convert], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert '"torch": []' in run.stdout, run.stdout
     no_torch = subprocess.run([str(py), "-c", "import torch"], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
     freeze = subprocess.run([str(py), "-m", "pip", "freeze"], capture_output=True, text=True, env=env).stdout.lower()

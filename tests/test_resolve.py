@@ -268,8 +268,12 @@ def test_transformers_js_repo_is_imported_with_measured_variants(hub, downloads,
     assert manifest.inputs == ("input_ids", "attention_mask")
     quantized = manifest.variants["quantized"]
     assert quantized.fidelity["gate_kind"] == "int8" and isinstance(quantized.fidelity["passed"], bool)
+    assert manifest.variants[model.variant].passes_gate()  # auto chose by measured gate (and speed)
+    downloads.clear()
+    fp32, same = embed("org/tiny-js", variant="fp32")  # the cached import: nothing fetched but config
+    assert same.folder == model.folder and not any(n.endswith(".onnx") for n in downloads)
     want, _ = embed(tiny_gte_dir)
-    np.testing.assert_allclose(got, want, atol=1e-6)
+    np.testing.assert_allclose(fp32, want, atol=1e-6)
 
 
 def test_optimum_repo_with_source_onnx_skips_conversion(hub, tiny_checkpoint, tiny_gte_dir):

@@ -17,7 +17,7 @@ from .conftest import GTE_ID, TINY_OVERRIDES
 
 TEXTS = ["what is the capital of China?", "Beijing is the capital of China.", "sorting algorithms " * 40]
 META = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "modules.json",
-        "config_sentence_transformers.json", "1_Pooling/config.json")
+        "config_sentence_transformers.json", "sentence_bert_config.json", "1_Pooling/config.json")
 
 
 # ---- fixtures: a tiny checkpoint and a fake hub cache -----------------------------------------------
@@ -427,3 +427,16 @@ def test_a_reranker_repo_of_onnx_files_serves_reranker(hub, tiny_reranker_dir):
     model = Reranker("org/tiny-reranker", threads=1)
     assert model.manifest.task == "rerank" and model.manifest.output == "logits" and model.manifest.pooling == "none"
     np.testing.assert_allclose(model.predict(pairs), Reranker(tiny_reranker_dir, threads=1).predict(pairs), atol=1e-6)
+
+
+def test_a_bert_optimum_repo_declares_token_type_ids_and_mean_pooling(hub, minilm_dir):
+    from .conftest import minilm_checkpoint
+
+    checkpoint = minilm_checkpoint()
+    hub.add("org/minilm-optimum", {**meta_files(checkpoint), "model.onnx": minilm_dir / "model.onnx"})
+    got, model = embed("org/minilm-optimum")
+    manifest = model.manifest
+    assert manifest.inputs == ("input_ids", "attention_mask", "token_type_ids") and manifest.pooling == "mean"
+    assert manifest.max_length == 256 and manifest.dim == 384
+    want, _ = embed(minilm_dir)
+    np.testing.assert_allclose(got, want, atol=1e-6)

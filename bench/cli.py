@@ -6,7 +6,6 @@ import argparse
 import shlex
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from ..errors import GteOnnxError, InvalidInputError
 from .measure import RepeatPolicy

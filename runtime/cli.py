@@ -7,7 +7,6 @@ import argparse
 import importlib
 import json
 import sys
-from pathlib import Path
 from typing import Callable, Sequence
 
 from .errors import GteOnnxError

@@ -440,3 +440,17 @@ def test_a_bert_optimum_repo_declares_token_type_ids_and_mean_pooling(hub, minil
     assert manifest.max_length == 256 and manifest.dim == 384
     want, _ = embed(minilm_dir)
     np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_gte_onnx_import_of_a_hub_id_downloads_only_the_named_variants(hub, downloads, tiny_checkpoint, tiny_gte_dir,
+                                                                        tmp_path):
+    from gte_onnx.cli import main
+    from gte_onnx.manifest import Manifest
+
+    hub.add("org/to-import", {**meta_files(tiny_checkpoint), "onnx/model.onnx": tiny_gte_dir / "model.onnx",
+                              "onnx/model_fp16.onnx": b"not wanted"})
+    assert main(["import", "org/to-import", str(tmp_path / "out"), "--variants", "fp32", "--offline"]) == 0
+    assert "onnx/model_fp16.onnx" not in downloads
+    manifest = Manifest.load(tmp_path / "out")
+    assert list(manifest.variants) == ["fp32"] and manifest.source["model_id"] == "org/to-import"
+    assert main(["import", "org/to-import", str(tmp_path / "other"), "--variants", "bnb4", "--offline"]) == 2

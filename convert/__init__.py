@@ -7,12 +7,19 @@
 
 from __future__ import annotations
 
-__all__ = ["convert_checkpoint", "supported_architecture"]
+# name -> module that defines it; loaded on first use, so importing the package costs nothing
+_EXPORTS = {
+    "convert_checkpoint": "converter",
+    "supported_architecture": "converter",
+    "CheckpointFormatError": "safetensors_io",
+    "ExportValidationError": "validation",
+}
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str):
-    if name in __all__:
-        from . import converter
+    if name in _EXPORTS:
+        import importlib
 
-        return getattr(converter, name)
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
     raise AttributeError(f"module 'gte_onnx.convert' has no attribute {name!r}")

@@ -88,10 +88,27 @@ def build_model(family: str, config: dict, source: Path, task: str, onnx_path: P
         info, run = write_bert_graph(parts, task, onnx_path), ref.bert_forward
 
     def forward(probe: Probe) -> np.ndarray:
-        return run(parts, probe.ids, probe.mask, task)
+        return row_by_row(lambda ids, mask: run(parts, ids, mask, task), probe, task)
 
     dim = parts.head["classifier"].weight_t.shape[1] if task == "rerank" else parts.hidden
     return Built(info, forward, architecture, int(dim))
+
+
+def row_by_row(run: Callable[[np.ndarray, np.ndarray], np.ndarray], probe: Probe, task: str) -> np.ndarray:
+    """The reference of a padded batch, computed one row at a time on its real tokens only: the reference
+    masks padding exactly (its weight underflows to 0), so this is the same function at a fraction of the
+    cost (a 5-row batch padded to 300 tokens holds 515 real ones). Pad positions of the result are 0."""
+    rows = []
+    for ids, mask in zip(probe.ids, probe.mask):
+        real = int(mask.sum())
+        if not mask[:real].all():  # left padding or holes: run the row as it is
+            rows.append(run(ids[None], mask[None])[0])
+            continue
+        out = run(ids[None, :real], mask[None, :real])[0]
+        if task != "rerank":
+            out = np.concatenate([out, np.zeros((len(ids) - real, *out.shape[1:]), out.dtype)])
+        rows.append(out)
+    return np.stack(rows)
 
 
 def _session(path: Path):

@@ -197,10 +197,32 @@ def convert_checkpoint(
     return out
 
 
-def rank_on_cpu(out: Path, log: Callable[[str], None]) -> None:
-    """Measure the variants' speed on the CPU (gte-onnx bench's short ranking) and record it."""
-    from gte_onnx.bench.ranking import rank_variants
+def rank_on_cpu(out: Path, log: Callable[[str], None], batch: int = 8, length: int = 128, repeats: int = 3) -> None:
+    """Measure the CPU speed of the folder's variants that pass their gate and record it as the manifest's
+    speed_ranking, which variant="auto" reads: the median of `repeats` interleaved runs of one
+    (batch x length) input each, in this process (seconds, where `gte-onnx bench --record` takes minutes
+    for a full ranking over several shapes)."""
+    from gte_onnx.bench.ranking import record_ranking
+    from gte_onnx.manifest import Manifest
 
     started = time.perf_counter()
-    ranking = rank_variants(out, provider="CPUExecutionProvider", record=True)
-    log(f"CPU speed ranking, fastest first: {', '.join(ranking)} ({time.perf_counter() - started:.1f} s)")
+    manifest = Manifest.load(out)
+    names = [n for n, v in manifest.variants.items()
+             if v.passes_gate() and (not v.providers or "CPUExecutionProvider" in v.providers)]
+    rng = np.random.default_rng(0)
+    ids = rng.integers(1000, 5000, size=(batch, length)).astype(np.int64)
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    sessions = {n: _session(out / manifest.variants[n].file) for n in names}
+    inputs = {n: {i.name: feed[i.name] for i in s.get_inputs()} for n, s in sessions.items()}
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for n, s in sessions.items():  # warm-up
+        s.run(None, inputs[n])
+    for _ in range(repeats):
+        for n, s in sessions.items():
+            tick = time.perf_counter()
+            s.run(None, inputs[n])
+            times[n].append(time.perf_counter() - tick)
+    ranking = sorted(names, key=lambda n: float(np.median(times[n])))
+    record_ranking(out, {"CPUExecutionProvider": ranking})
+    figures = ", ".join(f"{n} {np.median(times[n]) * 1e3:.0f} ms" for n in ranking)
+    log(f"CPU speed at {batch}x{length}, fastest first: {figures} ({time.perf_counter() - started:.1f} s)")

@@ -1,5 +1,5 @@
 """`gte-onnx <verb>`: one entry point. Each verb lives with its stage and is imported only when called,
-so `gte-onnx embed` never loads torch and `gte-onnx export` is the only verb that needs it."""
+so `gte-onnx embed` never loads torch, and `gte-onnx export` loads it only when it is installed."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from .errors import GteOnnxError
 
 # verb -> ("module:function", one-line help). The function takes argv (after the verb) and returns an exit code.
 VERBS: dict[str, tuple[str, str]] = {
-    "export": ("gte_onnx.export.cli:main", "PyTorch checkpoint -> validated ONNX model folder [export]"),
+    "export": ("gte_onnx.export.cli:main", "checkpoint -> validated ONNX model folder (torch-free with --no-torch)"),
     "quantize": ("gte_onnx.quantize.cli:main", "add fp16 / int8 / q4 variants to a model folder [quantize]"),
     "embed": ("gte_onnx.cli:embed_main", "embed texts with a model folder"),
     "rerank": ("gte_onnx.cli:rerank_main", "score documents against a query with a reranker folder"),

@@ -302,3 +302,18 @@ def test_export_cli_converts_without_torch(tiny_embedder_ckpt, tmp_path, capsys)
     with pytest.raises(SystemExit):
         main([GTE_ID, str(tmp_path / "other"), "--no-torch", "--random-weights"])
     assert "--random-weights need PyTorch" in capsys.readouterr().err
+
+
+def test_the_reference_of_a_padded_batch_equals_its_rows_alone(tiny_embedder_ckpt):
+    from gte_onnx.convert import reference
+    from gte_onnx.convert.converter import row_by_row
+    from gte_onnx.convert.modernbert_weights import modernbert_parts
+    from gte_onnx.convert.validation import Probe
+
+    _, folder = tiny_embedder_ckpt
+    parts = modernbert_parts(read_config(folder), read_checkpoint(folder), "embedding")
+    ids, mask = _inputs(200, 50368, seed=5, batch=3)
+    padded = reference.modernbert_forward(parts, ids, mask)
+    rows = row_by_row(lambda i, m: reference.modernbert_forward(parts, i, m), Probe(ids, mask, ""), "embedding")
+    assert _max_diff(padded, rows, mask, "embedding") <= 1e-6
+    assert not rows[1, 100:].any()  # pad positions are zeros

@@ -6,7 +6,6 @@ import argparse
 import shlex
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from ..clierrors import verb_main
 from ..errors import InvalidInputError, missing_dependency

@@ -268,9 +268,15 @@ def measure_imported(out: Path, manifest: Manifest, data_sets: tuple[str, ...], 
         fidelity = measure_variant(out, name, baseline, variant.providers, kind=variant.recipe.get("gate_kind"))
         manifest = Manifest.load(out).with_variant(dataclasses.replace(variant, fidelity=fidelity))
         manifest.save(out)
-        log(f"{name}: cosine_mean {fidelity.get('cosine_mean', fidelity.get('logit_spearman'))}, "
-            f"gate {'passed' if fidelity['passed'] else 'FAILED ' + '; '.join(fidelity['failures'])}")
+        log(_summary(name, fidelity))
     return manifest
+
+
+def _summary(name: str, fidelity: Mapping[str, Any]) -> str:
+    keys = ("cosine_mean", "centred_cosine_mean", "logit_relative_error", "logit_spearman")
+    figures = ", ".join(f"{k} {fidelity[k]:.4g}" for k in keys if isinstance(fidelity.get(k), float))
+    verdict = "passed" if fidelity.get("passed") else "FAILED (" + "; ".join(fidelity.get("failures", [])) + ")"
+    return f"{name}: {figures}; gate {verdict}"
 
 
 def import_onnx(
@@ -282,8 +288,11 @@ def import_onnx(
     revision: str | None = None,
     data_sets: tuple[str, ...] = (),
     log: Callable[[str], None] = print,
+    rank: bool = True,
 ) -> Path:
-    """Write a gte-onnx model folder for the ONNX files of the local folder `source` into `out_dir`."""
+    """Write a gte-onnx model folder for the ONNX files of the local folder `source` into `out_dir`; with
+    `rank`, the variants' CPU speed is measured into speed_ranking, so variant="auto" picks by speed among
+    those that pass their gate (as for a converted model)."""
     source, out = Path(source), Path(out_dir)
     available = onnx_variant_files(p.relative_to(source).as_posix() for p in source.rglob("*.onnx"))
     names = list(variants) if variants is not None else list(available)
@@ -299,6 +308,10 @@ def import_onnx(
     manifest = synthesize_manifest(out, graphs, data_files, model_id or str(source), revision)
     manifest.save(out)
     manifest = measure_imported(out, manifest, data_sets, log)
+    if rank and any(v.passes_gate() for name, v in manifest.variants.items() if name != "fp32"):
+        from .converter import rank_on_cpu
+
+        rank_on_cpu(out, log)
     return out
 
 

@@ -17,7 +17,7 @@ from .conftest import GTE_ID, TINY_OVERRIDES
 
 TEXTS = ["what is the capital of China?", "Beijing is the capital of China.", "sorting algorithms " * 40]
 META = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "modules.json",
-        "config_sentence_transformers.json", "1_Pooling/config.json")
+        "config_sentence_transformers.json", "sentence_bert_config.json", "1_Pooling/config.json")
 
 
 # ---- fixtures: a tiny checkpoint and a fake hub cache -----------------------------------------------
@@ -270,8 +270,12 @@ def test_transformers_js_repo_is_imported_with_measured_variants(hub, downloads,
     assert manifest.inputs == ("input_ids", "attention_mask")
     quantized = manifest.variants["quantized"]
     assert quantized.fidelity["gate_kind"] == "int8" and isinstance(quantized.fidelity["passed"], bool)
+    assert manifest.variants[model.variant].passes_gate()  # auto chose by measured gate (and speed)
+    downloads.clear()
+    fp32, same = embed("org/tiny-js", variant="fp32")  # the cached import: nothing fetched but config
+    assert same.folder == model.folder and not any(n.endswith(".onnx") for n in downloads)
     want, _ = embed(tiny_gte_dir)
-    np.testing.assert_allclose(got, want, atol=1e-6)
+    np.testing.assert_allclose(fp32, want, atol=1e-6)
 
 
 def test_optimum_repo_with_source_onnx_skips_conversion(hub, tiny_checkpoint, tiny_gte_dir):
@@ -389,3 +393,66 @@ def test_a_variant_no_conversion_makes_is_refused_before_converting(hub, tiny_ch
     with pytest.raises(VariantError, match=r"'bnb4' is not one a conversion makes.*source='onnx'"):
         resolve_model("org/convertible", variant="bnb4")
     assert not (hub.cache / "models--org--convertible").exists()
+
+
+def test_local_files_only_never_asks_the_hub_and_an_unreachable_hub_falls_back_to_the_cache(
+        hub, downloads, two_variant_dir, monkeypatch):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from gte_onnx.resolve import resolve_model
+
+    commit = hub.add("org/cached", {p.relative_to(two_variant_dir).as_posix(): p
+                                    for p in two_variant_dir.rglob("*") if p.is_file()})
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    asked = []
+
+    def no_network(self, repo_id, **kwargs):
+        asked.append(repo_id)
+        raise ConnectionError("no route to huggingface.co")
+
+    monkeypatch.setattr(huggingface_hub.HfApi, "model_info", no_network)
+    folder = resolve_model("org/cached", local_files_only=True, variant="fp32")
+    assert asked == [] and folder.name == commit and "model.onnx" in downloads
+    assert resolve_model("org/cached", variant="fp32") == folder and asked == ["org/cached"]
+
+
+def test_a_reranker_repo_of_onnx_files_serves_reranker(hub, tiny_reranker_dir):
+    from gte_onnx import Reranker
+    from gte_onnx.export.checkpoint import SHIPPED_MODEL_FILES
+
+    shipped = SHIPPED_MODEL_FILES / "Alibaba-NLP" / "gte-reranker-modernbert-base"
+    files = {name: shipped / name for name in META if (shipped / name).is_file()}
+    hub.add("org/tiny-reranker", {**files, "onnx/model.onnx": tiny_reranker_dir / "model.onnx"})
+    pairs = [("what is the capital of China?", "Beijing"), ("what is the capital of China?", "sorting algorithms")]
+    model = Reranker("org/tiny-reranker", threads=1)
+    assert model.manifest.task == "rerank" and model.manifest.output == "logits" and model.manifest.pooling == "none"
+    np.testing.assert_allclose(model.predict(pairs), Reranker(tiny_reranker_dir, threads=1).predict(pairs), atol=1e-6)
+
+
+def test_a_bert_optimum_repo_declares_token_type_ids_and_mean_pooling(hub, minilm_dir):
+    from .conftest import minilm_checkpoint
+
+    checkpoint = minilm_checkpoint()
+    hub.add("org/minilm-optimum", {**meta_files(checkpoint), "model.onnx": minilm_dir / "model.onnx"})
+    got, model = embed("org/minilm-optimum")
+    manifest = model.manifest
+    assert manifest.inputs == ("input_ids", "attention_mask", "token_type_ids") and manifest.pooling == "mean"
+    assert manifest.max_length == 256 and manifest.dim == 384
+    want, _ = embed(minilm_dir)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_gte_onnx_import_of_a_hub_id_downloads_only_the_named_variants(hub, downloads, tiny_checkpoint, tiny_gte_dir,
+                                                                        tmp_path):
+    from gte_onnx.cli import main
+    from gte_onnx.manifest import Manifest
+
+    hub.add("org/to-import", {**meta_files(tiny_checkpoint), "onnx/model.onnx": tiny_gte_dir / "model.onnx",
+                              "onnx/model_fp16.onnx": b"not wanted"})
+    assert main(["import", "org/to-import", str(tmp_path / "out"), "--variants", "fp32", "--offline"]) == 0
+    assert "onnx/model_fp16.onnx" not in downloads
+    manifest = Manifest.load(tmp_path / "out")
+    assert list(manifest.variants) == ["fp32"] and manifest.source["model_id"] == "org/to-import"
+    assert main(["import", "org/to-import", str(tmp_path / "other"), "--variants", "bnb4", "--offline"]) == 2

@@ -87,6 +87,17 @@ def test_runtime_loads_the_converter_only_inside_functions():
     assert not offenders, "\n".join(offenders)
 
 
+def test_the_scan_tells_a_lazy_converter_import_from_a_module_level_one():
+    probe = ROOT / "runtime" / "_wall_probe_lazy_tmp.py"
+    probe.write_text("from gte_onnx.convert import converter\n\ndef f():\n    from .convert import onnx_import\n",
+                     encoding="utf-8")
+    try:
+        found = {(m, top) for p, _, m, top in runtime_imports(with_level=True) if p == probe}
+        assert found == {("gte_onnx.convert", True), ("gte_onnx.convert", False)}, found
+    finally:
+        probe.unlink()
+
+
 def test_convert_never_imports_torch_or_export():
     offenders = []
     seen = 0

@@ -188,7 +188,8 @@ def soak_figures(model_dir, clients=200, duration_s=150.0, max_tokens=8192, pool
 def format_soak(f: dict) -> str:
     ratio = f["server_tokens_per_s"] / f["direct_tokens_per_s"] if f["direct_tokens_per_s"] else float("nan")
     return "\n".join([
-        f"{f['clients']} clients for {f['duration_s']:.0f} s, loopback; variant {f['variant']}, threads {f['threads']}, "
+        f"{f['clients']} clients for {f['duration_s']:.0f} s, loopback; variant {f['variant']}, "
+        f"threads {f['threads']}, "
         f"max concurrent requests {f['max_concurrent_requests']}; pool of {f['pool']} texts, "
         f"{f['pool_min_tokens']}..{f['pool_max_tokens']} tokens ({f['pool_tokens']} in all)",
         f"status counts {f['status_counts']}; 5xx: {f['server_5xx']}; transport errors: {f['transport_error_count']} "

@@ -55,7 +55,12 @@ def text_pool(model_dir: str | Path, count: int, max_tokens: int, seed: int) -> 
     texts = []
     for length in lengths:
         start = rng.randrange(0, max(len(ids) - length, 1))
-        texts.append(tokenizer.decode(ids[start : start + length]).strip() or "word")
+        while True:  # decoding and re-encoding can merge differently: cut until it fits
+            text = tokenizer.decode(ids[start : start + length]).strip() or "word"
+            if len(tokenizer.encode(text).ids) <= max_tokens:
+                break
+            length -= 1
+        texts.append(text)
     return texts
 
 
@@ -75,6 +80,8 @@ class Soak:
     refused: int = 0  # 429s
     refused_without_retry_after: int = 0
     errors: list[str] = field(default_factory=list)  # transport errors (no HTTP answer)
+    server_cpu_s: float = 0.0
+    client_cpu_s: float = 0.0
 
 
 def vector_of(route: str, encoding: str, payload) -> np.ndarray:
@@ -137,9 +144,11 @@ def serve_and_soak(model_dir, pool, options: list[str], clients: int, duration_s
     with ServerProcess(model_dir, *options, startup_timeout=300.0) as server:
         warm_up(server.url, pool)
         with RssSampler(server.pid, interval=0.1) as rss:
-            started = time.perf_counter()
+            # CPU seconds too: on a shared machine the wall clock measures the neighbours (and the clients).
+            server_cpu, client_cpu, started = rss.cpu_seconds(), time.process_time(), time.perf_counter()
             soak = asyncio.run(run_clients(server.url, pool, clients, duration_s, seed))
             wall_s = time.perf_counter() - started
+            soak.server_cpu_s, soak.client_cpu_s = rss.cpu_seconds() - server_cpu, time.process_time() - client_cpu
         exit_code = server.terminate()
     return soak, wall_s, rss, exit_code
 
@@ -150,9 +159,15 @@ def direct_encode(model_dir, pool: list[str], variant: str, threads: int | None)
 
     embedder = Embedder(model_dir, variant=variant, threads=threads)
     embedder.encode(pool[:4], normalize=True)  # warm-up, as the server had
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     vectors = embedder.encode(pool, normalize=True)
-    return vectors, time.perf_counter() - started, embedder.count_tokens(pool)
+    wall_s, cpu_s = time.perf_counter() - started, time.process_time() - cpu
+    # encode's own answer for a text depends on its batch when the variant quantizes activations per
+    # batch (int8's dynamic quantization): the same texts alone show how much.
+    shortest = sorted(range(len(pool)), key=lambda i: len(pool[i]))[:8]
+    alone = np.stack([embedder.encode([pool[i]], normalize=True)[0] for i in shortest])
+    self_diff = float(np.abs(alone - vectors[shortest]).max())
+    return vectors, wall_s, cpu_s, self_diff, embedder.count_tokens(pool)
 
 
 def soak_figures(model_dir, clients=200, duration_s=150.0, max_tokens=8192, pool_size=96, variant="auto",
@@ -161,7 +176,7 @@ def soak_figures(model_dir, clients=200, duration_s=150.0, max_tokens=8192, pool
     options = ["--variant", variant, "--max-concurrent-requests", str(max_concurrent_requests)]
     options += ["--threads", str(threads)] if threads else []
     soak, wall_s, rss, exit_code = serve_and_soak(model_dir, pool, options, clients, duration_s, seed)
-    reference, direct_s, tokens = direct_encode(model_dir, pool, variant, threads)
+    reference, direct_s, direct_cpu_s, self_diff, tokens = direct_encode(model_dir, pool, variant, threads)
     ok = [a for a in soak.answers if a.status == 200]
     diffs = np.asarray([float(np.abs(a.vector - reference[a.text]).max()) for a in ok] or [0.0])
     latencies = np.asarray([a.latency_s for a in ok] or [float("nan")])
@@ -179,6 +194,10 @@ def soak_figures(model_dir, clients=200, duration_s=150.0, max_tokens=8192, pool
         "latency_p50_s": float(np.percentile(latencies, 50)), "latency_p95_s": float(np.percentile(latencies, 95)),
         "latency_p99_s": float(np.percentile(latencies, 99)),
         "server_texts_per_s": len(ok) / wall_s, "server_tokens_per_s": served_tokens / wall_s,
+        "server_cpu_s": soak.server_cpu_s, "client_cpu_s": soak.client_cpu_s,
+        "server_cpu_per_1k_tokens": 1000 * soak.server_cpu_s / max(served_tokens, 1),
+        "direct_cpu_per_1k_tokens": 1000 * direct_cpu_s / max(sum(tokens), 1),
+        "encode_alone_vs_batched_diff": self_diff,
         "direct_s": direct_s, "direct_texts_per_s": len(pool) / direct_s, "direct_tokens_per_s": sum(tokens) / direct_s,
         "rss_start_mb": rss.start / 2**20, "rss_peak_mb": rss.peak / 2**20, "rss_samples": rss.samples,
         "exit_code": exit_code,
@@ -201,6 +220,10 @@ def format_soak(f: dict) -> str:
         f"server: {f['server_texts_per_s']:.2f} texts/s, {f['server_tokens_per_s']:.0f} tokens/s; direct encode of "
         f"the pool: {f['direct_s']:.1f} s, {f['direct_texts_per_s']:.2f} texts/s, {f['direct_tokens_per_s']:.0f} "
         f"tokens/s; server/direct tokens/s {ratio:.2f}",
+        f"CPU: server {f['server_cpu_s']:.0f} s ({f['server_cpu_per_1k_tokens']:.2f} s per 1000 tokens served), "
+        f"load clients {f['client_cpu_s']:.0f} s; direct encode {f['direct_cpu_per_1k_tokens']:.2f} s per 1000 tokens",
+        f"encode itself, the 8 shortest texts alone vs in the pool's batches: max |diff| "
+        f"{f['encode_alone_vs_batched_diff']:.3g}",
         f"server RSS: {f['rss_start_mb']:.0f} MB after warm-up, peak {f['rss_peak_mb']:.0f} MB over "
         f"{f['rss_samples']} samples; exit code after SIGTERM {f['exit_code']}",
     ])

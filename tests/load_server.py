@@ -153,6 +153,7 @@ class RssSampler:
         self.process = psutil.Process(pid)
         self.interval = interval
         self.peak = self.start = self.process.memory_info().rss
+        self.samples = 1
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
 
@@ -164,6 +165,7 @@ class RssSampler:
         while not self._stop.is_set():
             try:
                 self.peak = max(self.peak, self.process.memory_info().rss)
+                self.samples += 1
             except Exception:  # the process ended
                 return
             self._stop.wait(self.interval)

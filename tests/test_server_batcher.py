@@ -148,3 +148,38 @@ def test_abandoned_jobs_are_skipped():
     assert [r.tolist() for r in asyncio.run(scenario())] == [[1], [3]]
     batcher.stop(10)
     assert model.calls == [("k", [1]), ("k", [3])]
+
+
+def test_retry_after_follows_the_queue_and_the_workers_rate():
+    """Refused with the time a slot is likely to take to free up: queued tokens per admitted request at
+    the worker's measured rate, between 1 and 30 s."""
+    import time
+
+    def slow_model(key, items):
+        time.sleep(0.2)  # 1000 tokens in 0.2 s: about 5000 tokens/s
+        return np.asarray(items, dtype=np.float32)
+
+    batcher = Batcher(slow_model, max_batch_tokens=1000, max_concurrent_requests=2)
+
+    async def scenario():
+        batcher.start()
+        assert batcher.retry_after() == 1  # no rate measured yet
+        await batcher.submit("a", [1], [1000])
+        with batcher.admit(), batcher.admit():
+            queued = [asyncio.create_task(batcher.submit("a", list(range(40)), [1000] * 40)) for _ in range(2)]
+            await asyncio.sleep(0.05)
+            with pytest.raises(OverloadedError) as refused:
+                with batcher.admit():
+                    pass
+            # ~80,000 tokens queued for 2 requests at ~5000 tokens/s: ~8 s until a slot frees up.
+            assert 4 <= refused.value.retry_after <= 12, refused.value.retry_after
+            for task in queued:
+                task.cancel()
+        await asyncio.sleep(0.3)
+        assert batcher._queued_tokens >= 0
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        batcher.stop(10)
+    assert batcher._queued_tokens == 0  # cancelled jobs leave the count when the worker drops them

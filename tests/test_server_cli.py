@@ -76,3 +76,12 @@ print(sorted(m for m in sys.modules if m.split(".")[0] in {FORBIDDEN!r} or m in 
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("value, words", [("bert", "expected 'auto', 'model', 'tiktoken'"),
+                                          ("tiktoken:no_such_encoding", "tiktoken encoding 'no_such_encoding'")])
+def test_bad_token_ids_option_is_one_clear_line(tiny_gte_dir, value, words):
+    pytest.importorskip("tiktoken")
+    result = subprocess.run([*SERVE, str(tiny_gte_dir), "--port", "0", "--threads", "1", "--token-ids", value],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr

@@ -30,3 +30,20 @@ def test_500_concurrent_requests_on_loopback(tiny_gte_dir):
     # Bounded memory: the queue holds tokens, the model runs at most max_batch_tokens padded tokens.
     assert figures["rss_peak_mb"] - figures["rss_start_mb"] < 512, figures
     assert figures["exit_code"] in (0, -signal.SIGTERM)
+
+
+def test_sustained_load_with_429s_on_loopback(tiny_gte_dir):
+    """The soak script's run, small: 40 clients in a loop for 8 s against 8 request slots, so some are
+    refused with 429 + Retry-After and come back; lengths from 1 to 8192 tokens."""
+    from tests.soak_server import format_soak, soak_figures
+
+    figures = soak_figures(tiny_gte_dir, clients=40, duration_s=8.0, max_tokens=8192, pool_size=24,
+                           threads=1, max_concurrent_requests=8)
+    print("\n" + format_soak(figures))
+    assert figures["pool_min_tokens"] <= 3 and figures["pool_max_tokens"] >= 8000
+    assert figures["server_5xx"] == 0 and figures["transport_error_count"] == 0, figures
+    assert figures["answers"] > 0 and set(figures["status_counts"]) <= {200, 429}, figures["status_counts"]
+    assert figures["status_counts"].get(429, 0) > 0 and figures["refused_without_retry_after"] == 0
+    assert figures["within_1e-5"] == figures["answers"], figures["max_abs_diff"]
+    assert figures["rss_peak_mb"] - figures["rss_start_mb"] < 512, figures
+    assert figures["exit_code"] in (0, -signal.SIGTERM)

@@ -7,6 +7,8 @@ of gte_onnx never pays for them. Modules:
   backend.py   the model behind the routes: tokenize at admission, run merged batches in the worker
   batcher.py   the queue that merges concurrent requests into token-budget batches (one worker thread)
   schemas.py   request and response models (the OpenAPI schema comes from them)
+  token_ids.py token ids in a request: this model's, or tiktoken's (decoded back to text)
+  engine.py    what the routes share: checks, admission, tokenization off the loop, the queue
   errors.py    typed error -> HTTP status and JSON body, per API style
   metrics.py   Prometheus text counters
   app.py       the FastAPI app: routes, auth, body-size limit, lifespan

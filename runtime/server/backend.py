@@ -56,8 +56,9 @@ class Backend(Protocol):
     def tokens(self, texts: Sequence[str], add_special_tokens: bool) -> list[list[dict]]:
         """TEI's /tokenize: per text, its tokens as {id, text, special, start, stop} (character offsets;
         special tokens carry their own text and no offsets)."""
+        encodings = self._inspector.encode_batch(list(texts), add_special_tokens=add_special_tokens)
         out = []
-        for text, encoding in zip(texts, self._inspector.encode_batch(list(texts), add_special_tokens=add_special_tokens)):
+        for text, encoding in zip(texts, encodings):
             row = []
             for token_id, token, (start, stop), special in zip(
                 encoding.ids, encoding.tokens, encoding.offsets, encoding.special_tokens_mask
@@ -65,7 +66,8 @@ class Backend(Protocol):
                 if special:
                     row.append({"id": token_id, "text": token, "special": True, "start": None, "stop": None})
                 else:
-                    row.append({"id": token_id, "text": text[start:stop], "special": False, "start": start, "stop": stop})
+                    piece = text[start:stop]
+                    row.append({"id": token_id, "text": piece, "special": False, "start": start, "stop": stop})
             out.append(row)
         return out
 
@@ -137,8 +139,9 @@ class OnnxBackend:
     def tokens(self, texts: Sequence[str], add_special_tokens: bool) -> list[list[dict]]:
         """TEI's /tokenize: per text, its tokens as {id, text, special, start, stop} (character offsets;
         special tokens carry their own text and no offsets)."""
+        encodings = self._inspector.encode_batch(list(texts), add_special_tokens=add_special_tokens)
         out = []
-        for text, encoding in zip(texts, self._inspector.encode_batch(list(texts), add_special_tokens=add_special_tokens)):
+        for text, encoding in zip(texts, encodings):
             row = []
             for token_id, token, (start, stop), special in zip(
                 encoding.ids, encoding.tokens, encoding.offsets, encoding.special_tokens_mask
@@ -146,7 +149,8 @@ class OnnxBackend:
                 if special:
                     row.append({"id": token_id, "text": token, "special": True, "start": None, "stop": None})
                 else:
-                    row.append({"id": token_id, "text": text[start:stop], "special": False, "start": start, "stop": stop})
+                    piece = text[start:stop]
+                    row.append({"id": token_id, "text": piece, "special": False, "start": start, "stop": stop})
             out.append(row)
         return out
 

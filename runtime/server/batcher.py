@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections import deque
@@ -87,6 +88,8 @@ class Batcher:
         self.in_flight = 0  # admitted requests; touched only on the event loop thread
         self.unhealthy_after = int(unhealthy_after)
         self.consecutive_failures = 0  # model runs in a row that raised; a success resets it
+        self._queued_tokens = 0  # tokens of the items not yet handed to a batch (under _cond)
+        self._tokens_per_s: float | None = None  # the worker's recent rate, a moving average
 
     # ---- lifecycle ------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -121,6 +124,16 @@ class Batcher:
         with self._cond:
             return sum(len(job.items) - job.cursor for job in self._pending)
 
+    def retry_after(self) -> int:
+        """Seconds until a request slot is likely to free up: the queued tokens per admitted request at the
+        worker's recent rate, 1..30. A refused client that waits this long does not retry in vain."""
+        rate = self._tokens_per_s
+        if not rate:
+            return 1
+        with self._cond:
+            queued = self._queued_tokens
+        return min(max(math.ceil(queued / max(self.in_flight, 1) / rate), 1), 30)
+
     # ---- the event-loop side --------------------------------------------------------------------------
     @contextlib.contextmanager
     def admit(self):
@@ -128,10 +141,12 @@ class Batcher:
         if not self.alive:
             raise ShuttingDownError("the server is shutting down and takes no new requests")
         if self.in_flight >= self.max_concurrent_requests:
-            raise OverloadedError(
+            error = OverloadedError(
                 f"the server is at its limit of {self.max_concurrent_requests} concurrent requests; "
                 "retry shortly"
             )
+            error.retry_after = self.retry_after()  # type: ignore[attr-defined]  # the Retry-After header
+            raise error
         self.in_flight += 1
         try:
             yield
@@ -148,6 +163,7 @@ class Batcher:
             if self._stopping or self._thread is None:
                 raise ShuttingDownError("the server is shutting down and takes no new requests")
             self._pending.append(job)
+            self._queued_tokens += sum(max(int(c), 1) for c in costs)
             self._cond.notify()
         try:
             return await job.future
@@ -176,6 +192,7 @@ class Batcher:
         for job in list(self._pending):
             if job.abandoned:
                 self._pending.remove(job)
+                self._queued_tokens -= sum(max(int(c), 1) for c in job.costs[job.cursor :])
                 continue
             if job.key != key:
                 continue
@@ -193,6 +210,7 @@ class Batcher:
                 self._pending.remove(job)
             if full:
                 break
+        self._queued_tokens -= tokens
         return key, taken
 
     def _run_batch(self, key: Hashable, taken: list[tuple[_Job, int, int]]) -> None:
@@ -215,9 +233,12 @@ class Batcher:
             self._fail(job, exc)
             return
         self.consecutive_failures = 0
+        tokens = sum(int(job.costs[i]) for job, start, stop in taken for i in range(start, stop))
+        elapsed = max(time.perf_counter() - started, 1e-6)
+        rate = tokens / elapsed
+        self._tokens_per_s = rate if self._tokens_per_s is None else 0.8 * self._tokens_per_s + 0.2 * rate
         if self._metrics is not None:
-            tokens = sum(int(job.costs[i]) for job, start, stop in taken for i in range(start, stop))
-            self._metrics.record_batch(len(items), tokens, time.perf_counter() - started)
+            self._metrics.record_batch(len(items), tokens, elapsed)
         offset = 0
         for job, start, stop in taken:
             count = stop - start
@@ -233,4 +254,5 @@ class Batcher:
         with self._cond:
             if job in self._pending:
                 self._pending.remove(job)
+                self._queued_tokens -= sum(max(int(c), 1) for c in job.costs[job.cursor :])
         job.resolve(error=exc)

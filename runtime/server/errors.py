@@ -125,7 +125,7 @@ def install_error_handlers(app) -> None:
     async def typed_error(request, exc: GteOnnxError):
         headers = {"WWW-Authenticate": "Bearer"} if exc.http_status == 401 else None
         if exc.http_status == 429:
-            headers = {"Retry-After": "1"}
+            headers = {"Retry-After": str(getattr(exc, "retry_after", 1))}
         if exc.http_status >= 500:
             log.error("request %s failed: %s", request.url.path, exc)
         return respond(request, exc.http_status, exc.code, str(exc), getattr(exc, "param", None), headers)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import time
+import traceback
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -80,9 +82,14 @@ class PeerBuilder:
                 built[name] = {"cached": True}
                 continue
             if model is None:
-                model = self._torch_model()
+                model = self._torch_model()  # a checkpoint that does not load fails every peer: raise
             start = time.perf_counter()
-            getattr(self, "_build_" + name.replace("-", "_"))(model)
+            try:
+                getattr(self, "_build_" + name.replace("-", "_"))(model)
+            except Exception as exc:  # noqa: BLE001 - one peer's engine failing must not stop the others
+                traceback.print_exc(file=sys.stderr)
+                built[name] = {"cached": False, "error": f"{type(exc).__name__}: {exc}"}
+                continue
             built[name] = {"cached": False, "build_s": time.perf_counter() - start}
         return {"built": built, "cache": str(self.cache)}
 
@@ -154,9 +161,12 @@ class PeerBuilder:
                            "u8 activations, s8 symmetric per-channel weights, MatMul+Add"})
 
     def _convert_openvino(self, model):
+        """The converted model, once per build (the int8 peer quantizes a copy of the same conversion)."""
         ov = _import_openvino()
-        ids, mask = self._example()
-        return ov, ov.convert_model(model, example_input={"input_ids": ids, "attention_mask": mask})
+        if getattr(self, "_ov_model", None) is None:
+            ids, mask = self._example()
+            self._ov_model = ov.convert_model(model, example_input={"input_ids": ids, "attention_mask": mask})
+        return ov, self._ov_model.clone()
 
     def _build_openvino(self, model) -> None:
         ov, ov_model = self._convert_openvino(model)

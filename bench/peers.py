@@ -87,13 +87,3 @@ def peer_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             out[dist] = "absent"
     return out
-
-
-def families_of(peers: Sequence[str]) -> dict[str, list[str]]:
-    """Peers grouped by family, each family built by one worker (the int8 one is made from the other)."""
-    out: dict[str, list[str]] = {}
-    for family, members in PEER_FAMILIES.items():
-        chosen = [m for m in members if m in peers]
-        if chosen:
-            out[family] = chosen
-    return out

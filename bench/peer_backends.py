@@ -21,7 +21,7 @@ from ..errors import missing_dependency
 
 ONNX_FILE = "model.onnx"
 OV_FILE = "openvino_model.xml"
-# sentence-transformers' static OpenVINO quantization: 300 calibration texts padded to 384 tokens.
+# sentence-transformers' static OpenVINO quantization: 300 calibration texts of up to 384 tokens.
 CALIBRATION_TEXTS = 300
 CALIBRATION_LENGTH = 384
 OPSET = 17
@@ -195,10 +195,15 @@ class PeerBuilder:
         ov.save_model(quantized, str(tmp / OV_FILE), compress_to_fp16=False)
         _finish(tmp, peer_dir(self.cache, "openvino-int8"),
                 {"peer": "openvino-int8", "file": OV_FILE, "engine": "openvino",
-                 "recipe": f"NNCF static int8, transformer preset, {len(items)} STS-B sentences padded to "
-                           f"{CALIBRATION_LENGTH} tokens"})
+                 "recipe": f"NNCF static int8, transformer preset, {len(items)} STS-B sentences (unpadded, "
+                           f"at most {CALIBRATION_LENGTH} tokens)"})
 
     def _calibration_items(self) -> list[dict[str, np.ndarray]]:
+        """Each calibration text at its own length, up to 384 tokens, unpadded.
+
+        sentence-transformers pads them to 384; the converted ModernBERT then yields NaN in every
+        position once a padded input is longer than the 128-token local window (OpenVINO 2026.4,
+        transformers 5), and NaN statistics would make the int8 scales meaningless."""
         from ..manifest import Manifest
         from ..tokenize import TextTokenizer
 
@@ -209,11 +214,8 @@ class PeerBuilder:
         encoded = tokenizer.encode(_calibration_texts(count), "end")
         items = []
         for ids in encoded.ids:
-            ids = list(ids)[:length]
-            row = np.full((1, length), tokenizer.pad_token_id, dtype=np.int64)
-            mask = np.zeros((1, length), dtype=np.int64)
-            row[0, : len(ids)], mask[0, : len(ids)] = ids, 1
-            items.append({"input_ids": row, "attention_mask": mask})
+            row = np.asarray([list(ids)[:length]], dtype=np.int64)
+            items.append({"input_ids": row, "attention_mask": np.ones_like(row)})
         return items
 
 

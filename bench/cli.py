@@ -64,6 +64,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "the [peers] extra for openvino")
     p.add_argument("--peers-cache", metavar="DIR", help="where built peers are kept between runs (default "
                    "~/.cache/gte-onnx/bench-peers)")
+    p.add_argument("--peers-calibration", type=int, default=300, metavar="N", help="calibration texts of "
+                   "the OpenVINO NNCF int8 peer (default 300, as sentence-transformers)")
     p.add_argument("--fidelity", action="store_true", help="measure every contender's pooled outputs on the "
                    "parity probe texts against PyTorch fp32 (max |diff|, centred cosine); needs --torch")
     p.add_argument("--twins", nargs="?", const="best", metavar="NAME", help="run one contender twice, as two "
@@ -93,7 +95,7 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str]):
     from .peers import parse_peers
     from .runner import BenchConfig
 
-    for name in ("threads", "corpus_limit", "warmups", "repeats", "batch_size"):
+    for name in ("threads", "corpus_limit", "warmups", "repeats", "batch_size", "peers_calibration"):
         value = getattr(args, name)
         if value is not None and value < (0 if name == "warmups" else 1):
             raise InvalidInputError(f"--{name.replace('_', '-')} must be at least {0 if name == 'warmups' else 1}")
@@ -141,6 +143,7 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str]):
         twins=args.twins,
         peers=parse_peers(args.peers),
         peers_cache=args.peers_cache,
+        peers_calibration=args.peers_calibration,
         fidelity=args.fidelity,
         progress=not args.no_progress,
         command="gte-onnx bench " + shlex.join(list(argv)),

@@ -10,7 +10,7 @@ Each family yields two contenders, the way sentence-transformers' backends make 
   openvino  openvino: the model converted by OpenVINO, in its default precision (bf16 on CPUs with
             avx512_bf16 or AMX, else fp32);
             openvino-int8: NNCF static int8 (what `export_static_quantized_openvino_model` makes: the
-            transformer preset, 300 calibration texts padded to 384 tokens; here STS-B sentences).
+            transformer preset, 300 calibration texts of up to 384 tokens; here STS-B sentences, unpadded).
 
 Peers are built once, in a worker process of their own (torch is needed there only), into a cache folder
 keyed on the checkpoint and the library versions, so a rerun only loads them. This module is torch-free.
@@ -86,14 +86,4 @@ def peer_versions() -> dict[str, str]:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             out[dist] = "absent"
-    return out
-
-
-def families_of(peers: Sequence[str]) -> dict[str, list[str]]:
-    """Peers grouped by family, each family built by one worker (the int8 one is made from the other)."""
-    out: dict[str, list[str]] = {}
-    for family, members in PEER_FAMILIES.items():
-        chosen = [m for m in members if m in peers]
-        if chosen:
-            out[family] = chosen
     return out

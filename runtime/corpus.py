@@ -148,6 +148,8 @@ def run_corpus(job: CorpusJob, log=sys.stderr) -> dict:
     start = time.perf_counter()
     embedder = job.model.load(threads_per_worker(job))
     identity = run_identity(job, embedder)
+    if job.workers > 1:
+        embedder = None  # each worker loads its own; this process only reads and dispatches
     lock = OutputLock(job.output)
     try:
         return _run_locked(job, embedder, identity, start, log)
@@ -158,14 +160,13 @@ def run_corpus(job: CorpusJob, log=sys.stderr) -> dict:
 def _run_locked(job: CorpusJob, embedder, identity: dict, start: float, log) -> dict:
     record = open_run(job.output, identity)
     done = complete_shards(job.output)
-    schema = output_schema(embedder.dim, job.spec.id_field is not None)
+    schema = output_schema(identity["model"]["dim"], job.spec.id_field is not None)
     total = count_records(job.input, job.spec)
     progress = CorpusProgress(total, auto_enabled(job.show_progress, total, threshold=1))
     try:
         if job.workers == 1:
             tally = _run_here(embedder, job, done, schema, progress)
         else:
-            del embedder  # each worker loads its own
             tally = _run_workers(job, done, schema, progress)
     except KeyboardInterrupt:
         progress.close()

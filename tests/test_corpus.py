@@ -293,3 +293,25 @@ def test_a_second_run_into_the_same_output_is_refused(tiny_gte_dir, tmp_path):
     finally:
         held.release()
     assert run_corpus(job(tiny_gte_dir, corpus, tmp_path / "out"))["rows"] == 5
+
+
+def test_embed_batches_resolves_a_hub_id_from_the_node_cache(tiny_gte, tiny_gte_dir, tmp_path):
+    """Each Ray node resolves a hub id into its own cache (here: a prepared cache, offline), sha256-checked."""
+    import shutil
+
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--acme--tiny-gte"
+    shutil.copytree(tiny_gte_dir, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    code = (
+        "import pyarrow as pa\nfrom gte_onnx.ray import EmbedBatches\n"
+        f"m = EmbedBatches('acme/tiny-gte', threads=1, sha256={tiny_gte.onnx_model.variant.sha256!r})\n"
+        "out = m(pa.table({'id': ['x'], 'text': ['hello there']}))\n"
+        "print(m.embedder.folder, out.num_rows)\n"
+    )
+    env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    folder, rows = done.stdout.split()
+    assert folder == str(repo / "snapshots" / revision) and rows == "1"

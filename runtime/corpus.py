@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Iterator
 
 from .corpus_io import CorpusFormat, count_records, read_corpus
-from .corpus_output import (ShardWriter, chunk_table, complete_shards, open_run, output_schema, shard_rows,
-                            write_manifest)
+from .corpus_output import (OutputLock, ShardWriter, chunk_table, complete_shards, open_run, output_schema,
+                            shard_rows, write_manifest)
 from .errors import InvalidInputError
 from .progress import Progress, auto_enabled
 
@@ -148,16 +148,25 @@ def run_corpus(job: CorpusJob, log=sys.stderr) -> dict:
     start = time.perf_counter()
     embedder = job.model.load(threads_per_worker(job))
     identity = run_identity(job, embedder)
+    if job.workers > 1:
+        embedder = None  # each worker loads its own; this process only reads and dispatches
+    lock = OutputLock(job.output)
+    try:
+        return _run_locked(job, embedder, identity, start, log)
+    finally:
+        lock.release()
+
+
+def _run_locked(job: CorpusJob, embedder, identity: dict, start: float, log) -> dict:
     record = open_run(job.output, identity)
     done = complete_shards(job.output)
-    schema = output_schema(embedder.dim, job.spec.id_field is not None)
+    schema = output_schema(identity["model"]["dim"], job.spec.id_field is not None)
     total = count_records(job.input, job.spec)
     progress = CorpusProgress(total, auto_enabled(job.show_progress, total, threshold=1))
     try:
         if job.workers == 1:
             tally = _run_here(embedder, job, done, schema, progress)
         else:
-            del embedder  # each worker loads its own
             tally = _run_workers(job, done, schema, progress)
     except KeyboardInterrupt:
         progress.close()

@@ -76,7 +76,8 @@ def read_corpus(path: str | Path, spec: CorpusFormat) -> Iterator[tuple[object, 
 def count_records(path: str | Path, spec: CorpusFormat) -> int:
     """How many documents the file holds (a cheap pass: no tokenizing), for the progress bar's ETA."""
     if spec.format == "parquet":
-        return _parquet_file(open(path, "rb"), str(path)).metadata.num_rows
+        with open(path, "rb") as stream:
+            return _parquet_file(stream, str(path)).metadata.num_rows
     if spec.format in ("text", "jsonl"):
         with open(path, "rb") as stream:
             return sum(1 for line in stream if line.strip())

@@ -109,6 +109,27 @@ def shard_rows(path: Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
 
 
+class OutputLock:
+    """Holds OUTPUT/.lock for the run (an OS lock, released when the process ends however it ends), so a second
+    run into the same folder is refused instead of racing the first one's shards."""
+
+    def __init__(self, folder: Path):
+        folder.mkdir(parents=True, exist_ok=True)
+        self._file = open(folder / ".lock", "a+")
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock, one run at a time is up to the user
+            return
+        try:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._file.close()
+            raise InvalidInputError(f"another embed-corpus run is writing to {folder}; wait for it or stop it") from None
+
+    def release(self) -> None:
+        self._file.close()
+
+
 # ---- the run's manifest -------------------------------------------------------------------------------
 def differing_settings(recorded: dict, wanted: dict, prefix: str = "") -> list[str]:
     """Dotted names of the settings whose values differ (keys on either side)."""

@@ -42,7 +42,8 @@ class Progress:
 
     def _line(self) -> None:
         rate = self.done / max(time.perf_counter() - self._start, 1e-9)
-        sys.stderr.write(f"\r{self.desc}: {self.done}/{self.total} ({rate:.1f}/s) {self._note:<48.48}")
+        eta = f", ETA {(self.total - self.done) / rate:.0f} s" if 0 < rate and self.done < self.total else ""
+        sys.stderr.write(f"\r{self.desc}: {self.done}/{self.total} ({rate:.1f}/s{eta}) {self._note:<48.48}")
         sys.stderr.flush()
 
     def close(self) -> None:

@@ -254,3 +254,64 @@ def test_cli_prints_a_summary(tiny_gte_dir, tmp_path):
     assert "embedded 5 documents -> 5 rows in 1 shard(s); 0 truncated" in done.stderr
     manifest = json.loads((tmp_path / "o" / "_gte-onnx-corpus.json").read_text())
     assert manifest["complete"] is True and manifest["rows"] == 5 and manifest["run"]["options"]["id_field"] == "id"
+
+
+# ---- the Ray adapter, without a cluster -------------------------------------------------------------------
+def test_embed_batches_maps_a_batch_like_encode(tiny_gte, tiny_gte_dir):
+    from gte_onnx.errors import IntegrityError
+    from gte_onnx.ray import EmbedBatches
+
+    texts = docs(6)
+    mapper = EmbedBatches(str(tiny_gte_dir), threads=1, sha256=tiny_gte.onnx_model.variant.sha256)
+    out = mapper(pa.table({"id": [f"d{i}" for i in range(6)], "text": texts}))
+    assert out.column_names == ["id", "vector", "token_count", "truncated"]
+    assert out.column("id").to_pylist() == [f"d{i}" for i in range(6)] and out.schema.field("id").type == pa.string()
+    np.testing.assert_allclose(np.asarray(out.column("vector").to_pylist()), tiny_gte.encode(texts), atol=1e-5)
+    numpy_batch = {"id": np.arange(1, 7), "text": np.asarray(texts, dtype=object)}  # batch_format="numpy"
+    assert mapper(numpy_batch).schema.field("id").type == pa.int64()
+    with pytest.raises(IntegrityError, match="the job expects"):
+        EmbedBatches(str(tiny_gte_dir), threads=1, sha256="0" * 64)
+
+
+def test_the_core_never_imports_ray_at_import_time():
+    code = ("import sys, gte_onnx.embedder, gte_onnx.corpus, gte_onnx.corpus_cli, gte_onnx.cli, gte_onnx.ray; "
+            "print('ray' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+def test_a_second_run_into_the_same_output_is_refused(tiny_gte_dir, tmp_path):
+    from gte_onnx.corpus_output import OutputLock
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(docs(5)) + "\n", encoding="utf-8")
+    held = OutputLock(tmp_path / "out")  # as a running job holds it
+    try:
+        with pytest.raises(InvalidInputError, match="another embed-corpus run is writing to"):
+            run_corpus(job(tiny_gte_dir, corpus, tmp_path / "out"))
+    finally:
+        held.release()
+    assert run_corpus(job(tiny_gte_dir, corpus, tmp_path / "out"))["rows"] == 5
+
+
+def test_embed_batches_resolves_a_hub_id_from_the_node_cache(tiny_gte, tiny_gte_dir, tmp_path):
+    """Each Ray node resolves a hub id into its own cache (here: a prepared cache, offline), sha256-checked."""
+    import shutil
+
+    revision = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "hub" / "models--acme--tiny-gte"
+    shutil.copytree(tiny_gte_dir, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    code = (
+        "import pyarrow as pa\nfrom gte_onnx.ray import EmbedBatches\n"
+        f"m = EmbedBatches('acme/tiny-gte', threads=1, sha256={tiny_gte.onnx_model.variant.sha256!r})\n"
+        "out = m(pa.table({'id': ['x'], 'text': ['hello there']}))\n"
+        "print(m.embedder.folder, out.num_rows)\n"
+    )
+    env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    folder, rows = done.stdout.split()
+    assert folder == str(repo / "snapshots" / revision) and rows == "1"

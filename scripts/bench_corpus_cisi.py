@@ -1,0 +1,100 @@
+"""CISI end to end: `embed-corpus` (local, and --engine ray) against sentence-transformers' OpenVINO and ONNX
+backends on the same full-size model, each in a fresh process, one after the other, on the same documents.
+
+    python scripts/bench_corpus_cisi.py MODEL_FOLDER CHECKPOINT --docs 300 --peers-python /path/to/python
+
+MODEL_FOLDER is the gte-onnx folder (int8 variant used), CHECKPOINT the transformers checkpoint the peers load.
+--peers-python runs the sentence-transformers contenders (they need optimum-intel/openvino/optimum-onnx,
+which may want other transformers versions than this environment). Prints seconds per contender (ours: the
+whole CLI run, model load included; peers: encode only, with their load/export time apart) and the ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PEER = r"""
+import json, sys, time
+backend, ckpt, corpus = sys.argv[1], sys.argv[2], sys.argv[3]
+texts = [json.loads(l)["text"] for l in open(corpus, encoding="utf-8")]
+t = time.perf_counter()
+from sentence_transformers import SentenceTransformer
+kwargs = {"file_name": "model.onnx"} if backend == "onnx" else {}
+model = SentenceTransformer(ckpt, backend=backend, device="cpu", model_kwargs=kwargs or None)
+load = time.perf_counter() - t
+model.encode(texts[:4], batch_size=32)
+t = time.perf_counter()
+vectors = model.encode(texts, batch_size=32)
+print(json.dumps({"load_s": load, "encode_s": time.perf_counter() - t, "rows": len(vectors)}))
+"""
+
+
+def write_subset(path: Path, n: int) -> int:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from gte_onnx.parity.datasets import load_cisi
+
+    documents = list(load_cisi().documents.items())[:n]
+    with open(path, "w", encoding="utf-8") as fh:
+        for doc_id, text in documents:
+            fh.write(json.dumps({"id": doc_id, "text": text}) + "\n")
+    return len(documents)
+
+
+def timed(cmd: list[str], timeout: float) -> tuple[float, str]:
+    start = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd[:6])} ... failed:\n{done.stderr[-3000:]}")
+    return time.perf_counter() - start, done.stdout.strip() or done.stderr.strip().splitlines()[-1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model")
+    parser.add_argument("checkpoint")
+    parser.add_argument("--docs", type=int, default=1460)
+    parser.add_argument("--variant", default="int8")
+    parser.add_argument("--peers-python", default=sys.executable)
+    parser.add_argument("--only", nargs="*", default=["local", "ray", "openvino", "onnx"])
+    parser.add_argument("--timeout", type=float, default=900)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-cisi-"))
+    try:
+        corpus = work / "cisi.jsonl"
+        n = write_subset(corpus, args.docs)
+        print(f"CISI: {n} documents (file order); model {args.model} {args.variant}; checkpoint {args.checkpoint}")
+        ours = [sys.executable, "-m", "gte_onnx.cli", "embed-corpus", args.model, str(corpus), "--variant", args.variant,
+                "--id-field", "id", "--no-progress"]
+        seconds = {}
+        if "local" in args.only:
+            seconds["local"], line = timed(ours[:6] + [str(work / "local")] + ours[6:], args.timeout)
+            print(f"ours local {args.variant}: {seconds['local']:.1f} s wall (load included) | {line}")
+        if "ray" in args.only:
+            ray = ours[:6] + [str(work / "ray")] + ours[6:] + ["--engine", "ray", "--concurrency", "1",
+                                                           "--cpus-per-actor", "1.5", "--threads", "2"]
+            seconds["ray"], line = timed(ray, args.timeout)
+            print(f"ours --engine ray (local Ray, 1 actor x 2 threads): {seconds['ray']:.1f} s wall "
+                  f"(Ray start included) | {line}")
+        for backend in ("openvino", "onnx"):
+            if backend in args.only:
+                wall, line = timed([args.peers_python, "-c", PEER, backend, args.checkpoint, str(corpus)], args.timeout)
+                result = json.loads(line.splitlines()[-1])
+                seconds[backend] = result["encode_s"]
+                print(f"sentence-transformers + {backend}: encode {result['encode_s']:.1f} s "
+                      f"(load/export {result['load_s']:.1f} s apart; process {wall:.1f} s)")
+        for name, value in seconds.items():
+            if name != "local" and "local" in seconds:
+                print(f"ratio {name} / ours local: {value / seconds['local']:.3f}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

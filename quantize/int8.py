@@ -3,11 +3,21 @@
 Default recipe, chosen by measurement (real MiniLM for fidelity, full-size gte for speed; README):
 - attention projections: dynamic quantization, per-channel int8 weights, activations per tensor at run
   time (ORT fuses this into DynamicQuantizeMatMul / MatMulIntegerToFloat, VNNI where present);
-- MLP down-projections ("contract" role, fed by the activation function): MatMulNBits with 8-bit weights
-  and accuracy level 4, whose kernel quantizes activations per token and block. Their inputs carry outlier
-  tokens (max 6x the median token's in MiniLM), which per-tensor scales cannot absorb.
+- MLP down-projections ("contract" role, fed by the activation function): activations quantized per
+  token (one scale per token, plain ops in front of MatMulIntegerToFloat: per_token.py). Their inputs
+  carry outlier tokens (max 6x the median token's in MiniLM), which per-tensor scales cannot absorb.
 Measured on MiniLM (STS-B / CISI nDCG@10 drops, points): all per tensor 0.32 / 0.55 (fails the gate),
-this recipe 0.20 / -0.36, MLP up and down per token 0.09 / 0.12 but 16% slower on gte at 32x128.
+MLP down per token and block in MatMulNBits (8-bit, accuracy level 4) 0.20 / -0.36, MLP up and down that
+way 0.09 / 0.12 but 16% slower on gte at 32x128.
+Per-token kernel, same run, 4-bit table (`gte-onnx quantize DIR --variants int8 --per-token-kernel K`):
+MatMulNBits 0.07 / -0.07, per-token scales + MatMulIntegerToFloat 0.17 / -0.37; both pass. Speed (full-size
+gte, 2 threads, dev/speed.py interleaved medians, shared machine; q, k, v and Wi fused in both): the
+integer kernel is 0.90x / 0.94x / 0.93x / 1.00x the MatMulNBits one's latency at 1x16 / 1x128 / 32x128 /
+8x512, and the 1152 -> 768 projection alone 1.2-1.5x faster at 4096 tokens (dev/contract_gemm.py), so it
+is the default.
+Activation quantization itself is cheap: DynamicQuantizeLinear took 1.1% of the int8 graph's time at
+1x128 and at 32x128 (ORT profiler), which bounds what static (calibrated) activation scales could save;
+with their fidelity cost (static QDQ: STS-B drop 1.6) they were not tried again.
 Per-tensor weights, SmoothQuant (alpha 0.5: worse) and static QDQ (STS-B drop 1.6, no faster) lost.
 Embedding table (embedding.py): with the 8-bit table the gte file cannot reach the 150 MB target (matmul
 weights 110.3 MB + table 38.7 MB + scales, zero points, LayerNorms and graph ~1.9 MB = ~151 MB without the
@@ -54,7 +64,7 @@ class Int8Options:
     per_token_roles: tuple[str, ...] = ("contract",)
     # How those layers quantize per token: "integer" (plain ops + MatMulIntegerToFloat, per_token.py) or
     # "nbits" (MatMulNBits, 8-bit weights in blocks of block_size, accuracy level 4).
-    per_token_kernel: str = "nbits"
+    per_token_kernel: str = "integer"
     block_size: int = 128
     # Token embedding table: 8 bits (a scale per row) or 4 bits (blocks of embedding_block_size).
     embedding_bits: int = 4

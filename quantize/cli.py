@@ -22,7 +22,7 @@ with 1 when a variant fails its fidelity gate (it is still recorded, and variant
 
 def build_parser() -> argparse.ArgumentParser:
     from .build import DEFAULT_VARIANTS, EVALUATIONS, VARIANTS
-    from .int8 import METHODS, Int8Options
+    from .int8 import METHODS, PER_TOKEN_KERNELS, Int8Options
     from .q4 import ACCURACY_LEVELS, BLOCK_SIZES, ROUNDINGS, Q4Options
 
     p = argparse.ArgumentParser(
@@ -49,8 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--reduce-range", action="store_true",
                    help="7-bit weights, for AVX2 CPUs without VNNI (avoids u8 x s8 saturation)")
     g.add_argument("--per-token-roles", default=",".join(Int8Options.per_token_roles), metavar="ROLES",
-                   help="layers quantized per token (MatMulNBits 8-bit, accuracy level 4) instead of per tensor: "
+                   help="layers whose activations are quantized per token instead of per tensor: "
                         "comma-separated from square, expand, contract, or 'none' (default: %(default)s)")
+    g.add_argument("--per-token-kernel", choices=PER_TOKEN_KERNELS, default=Int8Options.per_token_kernel,
+                   help="integer: per-token scales + integer GEMM; nbits: 8-bit MatMulNBits at accuracy level 4, "
+                        "blocks of 128 (default: %(default)s)")
     g.add_argument("--smooth-alpha", type=float, default=None,
                    help="apply SmoothQuant with this alpha before quantizing (off by default)")
     g.add_argument("--int8-table-bits", type=int, choices=(4, 8), default=Int8Options.embedding_bits,
@@ -101,7 +104,8 @@ def _options(args):
             int8=Int8Options(method=args.int8_method, per_channel=not args.no_per_channel,
                              reduce_range=args.reduce_range, min_weight_elements=min_elements,
                              quantize_embeddings=not args.float_embeddings,
-                             per_token_roles=_roles(args.per_token_roles), smooth_alpha=args.smooth_alpha,
+                             per_token_roles=_roles(args.per_token_roles),
+                             per_token_kernel=args.per_token_kernel, smooth_alpha=args.smooth_alpha,
                              embedding_bits=args.int8_table_bits),
             q4=Q4Options(block_size=args.block_size, accuracy_level=args.accuracy_level, symmetric=args.symmetric,
                          min_weight_elements=min_elements, quantize_embeddings=not args.float_embeddings,

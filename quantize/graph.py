@@ -192,8 +192,9 @@ class WeightUse:
 
     @property
     def role(self) -> str:
-        """By shape (K, N): "square" (attention projections), "expand" (MLP up: K < N) or "contract"
-        (MLP down: K > N, fed by the activation function's output, the least quantization-friendly)."""
+        """By shape (K, N): "square" (attention projections when q, k, v are separate GEMMs, and the output
+        projection), "expand" (K < N: MLP up, and q, k, v as one GEMM) or "contract" (MLP down: K > N,
+        fed by the activation function's output, the least quantization-friendly)."""
         k, n = self.shape
         return "square" if k == n else ("expand" if k < n else "contract")
 

@@ -3,11 +3,21 @@
 Default recipe, chosen by measurement (real MiniLM for fidelity, full-size gte for speed; README):
 - attention projections: dynamic quantization, per-channel int8 weights, activations per tensor at run
   time (ORT fuses this into DynamicQuantizeMatMul / MatMulIntegerToFloat, VNNI where present);
-- MLP down-projections ("contract" role, fed by the activation function): MatMulNBits with 8-bit weights
-  and accuracy level 4, whose kernel quantizes activations per token and block. Their inputs carry outlier
-  tokens (max 6x the median token's in MiniLM), which per-tensor scales cannot absorb.
+- MLP down-projections ("contract" role, fed by the activation function): activations quantized per
+  token (one scale per token, plain ops in front of MatMulIntegerToFloat: per_token.py). Their inputs
+  carry outlier tokens (max 6x the median token's in MiniLM), which per-tensor scales cannot absorb.
 Measured on MiniLM (STS-B / CISI nDCG@10 drops, points): all per tensor 0.32 / 0.55 (fails the gate),
-this recipe 0.20 / -0.36, MLP up and down per token 0.09 / 0.12 but 16% slower on gte at 32x128.
+MLP down per token and block in MatMulNBits (8-bit, accuracy level 4) 0.20 / -0.36, MLP up and down that
+way 0.09 / 0.12 but 16% slower on gte at 32x128.
+Per-token kernel, same run, 4-bit table (`gte-onnx quantize DIR --variants int8 --per-token-kernel K`):
+MatMulNBits 0.07 / -0.07, per-token scales + MatMulIntegerToFloat 0.17 / -0.37; both pass. Speed (full-size
+gte, 2 threads, dev/speed.py interleaved medians, shared machine; q, k, v and Wi fused in both): the
+integer kernel is 0.90x / 0.94x / 0.93x / 1.00x the MatMulNBits one's latency at 1x16 / 1x128 / 32x128 /
+8x512, and the 1152 -> 768 projection alone 1.2-1.5x faster at 4096 tokens (dev/contract_gemm.py), so it
+is the default.
+Activation quantization itself is cheap: DynamicQuantizeLinear took 1.1% of the int8 graph's time at
+1x128 and at 32x128 (ORT profiler), which bounds what static (calibrated) activation scales could save;
+with their fidelity cost (static QDQ: STS-B drop 1.6) they were not tried again.
 Per-tensor weights, SmoothQuant (alpha 0.5: worse) and static QDQ (STS-B drop 1.6, no faster) lost.
 Embedding table (embedding.py): with the 8-bit table the gte file cannot reach the 150 MB target (matmul
 weights 110.3 MB + table 38.7 MB + scales, zero points, LayerNorms and graph ~1.9 MB = ~151 MB without the
@@ -29,9 +39,11 @@ from gte_onnx.errors import missing_dependency
 
 from . import graph
 from .embedding import quantize_embedding_tables
+from .per_token import per_token_int8
 
 METHODS = ("dynamic", "static")
 ROLES = ("square", "expand", "contract")
+PER_TOKEN_KERNELS = ("integer", "nbits")
 
 
 @dataclass(frozen=True)
@@ -50,12 +62,17 @@ class Int8Options:
     # kernel quantizes activations per token and per block of `block_size` inputs, so one outlier token
     # ([CLS]/[SEP] rows reach 6x the median row's maximum in MiniLM) no longer coarsens every other token.
     per_token_roles: tuple[str, ...] = ("contract",)
+    # How those layers quantize per token: "integer" (plain ops + MatMulIntegerToFloat, per_token.py) or
+    # "nbits" (MatMulNBits, 8-bit weights in blocks of block_size, accuracy level 4).
+    per_token_kernel: str = "integer"
     block_size: int = 128
     # Token embedding table: 8 bits (a scale per row) or 4 bits (blocks of embedding_block_size).
     embedding_bits: int = 4
     embedding_block_size: int = 32
 
     def __post_init__(self):
+        if self.per_token_kernel not in PER_TOKEN_KERNELS:
+            raise ValueError(f"per_token_kernel must be one of {PER_TOKEN_KERNELS}, got {self.per_token_kernel!r}")
         if self.method not in METHODS:
             raise ValueError(f"int8 method must be one of {METHODS}, got {self.method!r}")
         unknown = (set(self.float_roles) | set(self.per_token_roles)) - set(ROLES)
@@ -91,14 +108,17 @@ def make_int8(
     selected, kept = _select_matmuls(model, options, src)
     smoothing = _smooth(model, selected, options, calibration_feeds)
     per_token = [u for u in selected if u.role in options.per_token_roles]
-    if per_token:
+    if per_token and options.per_token_kernel == "nbits":
         _blockwise_8bit(model, per_token, options.block_size)
+    elif per_token:
+        per_token_int8(model, per_token, options.per_channel)
     selected = [u for u in selected if u not in per_token]
     with tempfile.TemporaryDirectory() as tmp:
         result, activations = _quantize_with_ort(model, selected, options, calibration_feeds, Path(tmp))
     if per_token:
         roles = ", ".join(options.per_token_roles)
-        inside = f"per token and block of {options.block_size} inside MatMulNBits ({roles})"
+        inside = (f"per token and block of {options.block_size} inside MatMulNBits ({roles})"
+                  if options.per_token_kernel == "nbits" else f"per token, symmetric uint8 ({roles})")
         activations = f"{activations}; {inside}" if activations else inside
     data_files = graph.save_model(result, dst)
     recipe = {
@@ -110,9 +130,7 @@ def make_int8(
         "reduce_range": options.reduce_range,
         "activations": activations,
         "matmuls_quantized": len(selected) + len(per_token),
-        "per_token_matmuls": {"roles": list(options.per_token_roles), "count": len(per_token),
-                              "op": "MatMulNBits bits=8 accuracy_level=4", "block_size": options.block_size}
-        if per_token else None,
+        "per_token_matmuls": _per_token_record(options, len(per_token)) if per_token else None,
         "float_roles": list(options.float_roles),
         "min_weight_elements": options.min_weight_elements,
         "nodes_kept_float": kept,
@@ -123,6 +141,15 @@ def make_int8(
         "tools": graph.tool_versions(),
     }
     return recipe, data_files
+
+
+def _per_token_record(options: Int8Options, count: int) -> dict[str, Any]:
+    if options.per_token_kernel == "nbits":
+        return {"roles": list(options.per_token_roles), "count": count, "op": "MatMulNBits bits=8 accuracy_level=4",
+                "block_size": options.block_size}
+    return {"roles": list(options.per_token_roles), "count": count,
+            "op": "ReduceMax(|x|) + QuantizeLinear + com.microsoft MatMulIntegerToFloat, int8 weights "
+                  + ("per output channel" if options.per_channel else "per tensor")}
 
 
 def _select_matmuls(model, options: Int8Options, src) -> tuple[list[graph.WeightUse], list[str]]:

@@ -6,7 +6,6 @@ the error names the install command.
 
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import warnings
 from pathlib import Path
@@ -43,6 +42,8 @@ def import_onnxruntime():
 
 def installed_ort_wheels() -> list[str]:
     """Names of the onnxruntime distributions installed side by side (more than one breaks CUDA)."""
+    import importlib.metadata  # ~0.1 s to import: only the CUDA paths need it
+
     names = []
     for dist in ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino"):
         try:

@@ -152,8 +152,12 @@ def test_int8_recipe_integer_matmuls_per_channel_and_int8_table(quantized):
     assert recipe["matmuls_quantized"] == linear and 0 < per_token < linear
     assert counts.get("MatMulInteger") == linear - per_token  # attention projections: per tensor
     assert counts.get("DynamicQuantizeLinear", 0) > 0
-    assert [a["bits"] for a in _nbits(model)] == [8] * per_token
-    assert all(a["accuracy_level"] == 4 for a in _nbits(model))  # int8 compute, activations per token
+    # the MLP down-projections: one scale per token in front of an integer GEMM, no MatMulNBits
+    assert counts.get("MatMulIntegerToFloat") == counts.get("QuantizeLinear") == per_token
+    assert not _nbits(model) and recipe["per_token_matmuls"]["op"].startswith("ReduceMax")
+    weights = {i.name: i.data_type for i in model.graph.initializer}
+    assert {weights[n.input[1]] for n in model.graph.node if n.op_type == "MatMulIntegerToFloat"} == {
+        onnx.TensorProto.INT8}
     assert recipe["per_channel"] is True and recipe["method"] == "dynamic"
     inits = {i.name: i for i in model.graph.initializer}
     zero_points = [inits[n.input[3]] for n in model.graph.node if n.op_type == "MatMulInteger" and n.input[3] in inits]

@@ -161,11 +161,16 @@ def convert_checkpoint(
     validate_lengths: Sequence[int] = WINDOW_EDGE_LENGTHS,
     atol: float = DEFAULT_ATOL,
     rank: bool = True,
+    evaluation: str = "probe",
 ) -> Path:
     """Convert the checkpoint folder `source` into a complete model folder at `out_dir` (manifest,
     tokenizer files, model.onnx validated against the numpy reference, then each of `variants` with its
     fidelity against fp32, and with `rank` their CPU speed measured into the manifest's speed_ranking, which
-    variant="auto" reads). Returns out_dir. Raises UnsupportedModelError for other architectures,
+    variant="auto" reads). Returns out_dir.
+
+    `evaluation` is the quantize fidelity check: "probe" (default) gates each variant on the parity probe
+    set against fp32 in seconds, so a first load stays short; "full" (or `gte-onnx quantize DIR --eval full`
+    later) adds the STS-B and CISI drops, which take minutes at full size on a laptop CPU. Raises UnsupportedModelError for other architectures,
     CheckpointFormatError for unreadable or incomplete weights, ExportValidationError when the graph
     disagrees with the reference."""
     source, out = Path(source), Path(out_dir)
@@ -189,9 +194,9 @@ def convert_checkpoint(
                    tool_versions(CONVERT_TOOLS))
     log(f"fp32 model folder written in {time.perf_counter() - started:.1f} s")
     if variants:
-        from gte_onnx.quantize import quantize_folder
+        from gte_onnx.quantize import QuantizeOptions, quantize_folder
 
-        quantize_folder(out, list(variants), log=log)
+        quantize_folder(out, list(variants), QuantizeOptions(evaluation=evaluation), log=log)
         if rank:
             rank_on_cpu(out, log)
     return out

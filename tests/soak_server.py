@@ -131,6 +131,10 @@ async def run_clients(url: str, pool: list[str], clients: int, duration_s: float
 
 
 # ---- the run -------------------------------------------------------------------------------------------------
+def progress(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
 def warm_up(url: str, pool: list[str]) -> None:
     """A short and the longest text first: the first runs of a process grow ORT's arenas, which is not
     what a long-running server does per request."""
@@ -142,13 +146,17 @@ def warm_up(url: str, pool: list[str]) -> None:
 
 def serve_and_soak(model_dir, pool, options: list[str], clients: int, duration_s: float, seed: int):
     with ServerProcess(model_dir, *options, startup_timeout=300.0) as server:
+        progress("server up; warming up")
         warm_up(server.url, pool)
+        progress(f"{clients} clients for {duration_s:.0f} s")
         with RssSampler(server.pid, interval=0.1) as rss:
             # CPU seconds too: on a shared machine the wall clock measures the neighbours (and the clients).
             server_cpu, client_cpu, started = rss.cpu_seconds(), time.process_time(), time.perf_counter()
             soak = asyncio.run(run_clients(server.url, pool, clients, duration_s, seed))
             wall_s = time.perf_counter() - started
             soak.server_cpu_s, soak.client_cpu_s = rss.cpu_seconds() - server_cpu, time.process_time() - client_cpu
+        progress(f"load done in {wall_s:.0f} s: {len(soak.answers)} answers, {soak.refused} refused, "
+                 f"RSS peak {rss.peak / 2**20:.0f} MB; SIGTERM")
         exit_code = server.terminate()
     return soak, wall_s, rss, exit_code
 
@@ -159,6 +167,7 @@ def direct_encode(model_dir, pool: list[str], variant: str, threads: int | None)
 
     embedder = Embedder(model_dir, variant=variant, threads=threads)
     embedder.encode(pool[:4], normalize=True)  # warm-up, as the server had
+    progress(f"direct encode of the {len(pool)} texts")
     started, cpu = time.perf_counter(), time.process_time()
     vectors = embedder.encode(pool, normalize=True)
     wall_s, cpu_s = time.perf_counter() - started, time.process_time() - cpu

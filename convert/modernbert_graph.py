@@ -21,7 +21,7 @@ chosen here:
 - q, k and v are one GEMM over the concatenated weights, and so are the two GeGLU halves, split after
   (Parts keeps them apart). Measured on the int8 gte (2 threads): 1.08x / 0.96x / 1.04x / 0.96x the
   latency of separate GEMMs at 1x16 / 1x128 / 32x128 / 8x512, i.e. even: the wider GEMMs gain what the
-  Split's copies cost (5.7% of the time at 32x128), and each layer has three GEMM nodes instead of six.
+  Split's copies cost (5.7% of the time at 32x128), and each layer has four GEMM nodes instead of seven.
 
 Masked scores use a large finite negative, never -inf: a padding query can see only padding keys, and -inf
 would turn its row into NaN.

@@ -14,7 +14,10 @@ MatMulNBits 0.07 / -0.07, per-token scales + MatMulIntegerToFloat 0.17 / -0.37; 
 gte, 2 threads, dev/speed.py interleaved medians, shared machine; q, k, v and Wi fused in both): the
 integer kernel is 0.90x / 0.94x / 0.93x / 1.00x the MatMulNBits one's latency at 1x16 / 1x128 / 32x128 /
 8x512, and the 1152 -> 768 projection alone 1.2-1.5x faster at 4096 tokens (dev/contract_gemm.py), so it
-is the default.
+is the default. A second run against separate q/k/v/Wi GEMMs + MatMulNBits: fused + integer 0.94x / 1.14x /
+0.96x / 1.07x, separate + integer 0.96x / 1.12x / 0.99x / 1.00x: the end-to-end gain is within the shared
+machine's run-to-run noise (~10%). OpenVINO NNCF int8 (static activations) in that run: 0.80x / 0.73x /
+0.68x / 0.77x our latency; the int8 GEMM floor at 32x128 (dev/gemm_floor.py) was 1.38 s, ours 2.51 s.
 Activation quantization itself is cheap: DynamicQuantizeLinear took 1.1% of the int8 graph's time at
 1x128 and at 32x128 (ORT profiler), which bounds what static (calibrated) activation scales could save;
 with their fidelity cost (static QDQ: STS-B drop 1.6) they were not tried again.

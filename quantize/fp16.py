@@ -131,6 +131,25 @@ def drop_round_trips(model, float32_nodes: set[str]) -> int:
     return bypassed
 
 
+def typed_for_conversion(model) -> tuple[Any, bool]:
+    """(model, typed): the float16 converter casts the inputs of an op kept in float32 only when it knows
+    they are float tensors. onnx's shape inference cannot type the outputs of com.microsoft ops
+    (MultiHeadAttention, BiasGelu), so a LayerNorm reading them would get float16 inputs next to float32
+    weights: a graph ONNX Runtime refuses to load. ORT's symbolic shape inference knows those ops; it runs
+    only when onnx's leaves such an input untyped."""
+    from onnx.shape_inference import infer_shapes
+
+    inferred = infer_shapes(model)
+    g = inferred.graph
+    known = {v.name for v in (*g.value_info, *g.input, *g.output)} | {t.name for t in g.initializer}
+    untyped = [name for node in g.node if node.op_type in FLOAT32_OPS for name in node.input[:1] if name not in known]
+    if not untyped:
+        return model, False
+    from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+    return SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True), True
+
+
 def convert_to_fp16(model) -> tuple[Any, dict[str, Any]]:
     """The fp16 model (a new proto) and the recipe entries describing the conversion."""
     float16 = _float16_module()
@@ -138,9 +157,11 @@ def convert_to_fp16(model) -> tuple[Any, dict[str, Any]]:
     present = {node.op_type for node in model.graph.node}
     blocked = sorted(present & set(FLOAT32_OPS))
     rotary = rotary_angle_nodes(model)
+    model, symbolic = typed_for_conversion(model)
     converted = float16.convert_float_to_float16(
         model,
         keep_io_types=True,
+        disable_shape_infer=symbolic,
         op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST) + list(FLOAT32_OPS),
         node_block_list=[n.name for n in model.graph.node if n.name.endswith(FLOAT32_NODE_SUFFIXES)]
         + rotary or None,
@@ -154,6 +175,7 @@ def convert_to_fp16(model) -> tuple[Any, dict[str, Any]]:
         "mask_constants_made_safe": safe_constants,
         "safe_mask_value": SAFE_MASK_VALUE,
         "converter": "onnxruntime.transformers.float16",
+        "types_from": "onnxruntime symbolic shape inference" if symbolic else "onnx shape inference",
     }
     return converted, recipe
 

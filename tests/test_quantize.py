@@ -497,3 +497,21 @@ def test_the_exact_rows_residual_is_never_taken_for_a_linear_layer():
     recipe = quantize_embedding_tables(model, exact_rows=range(10), min_elements=1000, bits=4)
     assert len(recipe["rows_kept_exact"]) == 10 and 10 * 512 >= MIN_WEIGHT_ELEMENTS
     assert op_counts(model)["MatMul"] == 1 and weight_matmuls(model) == []
+
+
+def test_fp16_of_the_op_by_op_bert_graph_loads_and_agrees(minilm_dir, tmp_path):
+    """The BERT graph's LayerNorms read com.microsoft ops' outputs (MultiHeadAttention, BiasGelu), which onnx's
+    shape inference cannot type: without ORT's symbolic inference the converter left them uncast (unloadable)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from gte_onnx.quantize.fp16 import make_fp16
+
+    recipe, _ = make_fp16(minilm_dir / "model.onnx", tmp_path / "model_fp16.onnx")
+    assert recipe["types_from"] == "onnxruntime symbolic shape inference"
+    ids = np.array([[101, 7592, 2088, 2003, 1037, 3231, 102]], dtype=np.int64)
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
+    options = ort.SessionOptions()
+    fp32, fp16 = (ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]).run(None, feed)[0]
+                  for p in (minilm_dir / "model.onnx", tmp_path / "model_fp16.onnx"))
+    assert np.isfinite(fp16).all() and np.abs(fp16 - fp32).max() < 2e-2

@@ -53,38 +53,6 @@ class Backend(Protocol):
 
     def tokenize(self, texts: Sequence[str], truncate: str) -> Encoded: ...
 
-    def tokens(self, texts: Sequence[str], add_special_tokens: bool) -> list[list[dict]]:
-        """TEI's /tokenize: per text, its tokens as {id, text, special, start, stop} (character offsets;
-        special tokens carry their own text and no offsets)."""
-        encodings = self._inspector.encode_batch(list(texts), add_special_tokens=add_special_tokens)
-        out = []
-        for text, encoding in zip(texts, encodings):
-            row = []
-            for token_id, token, (start, stop), special in zip(
-                encoding.ids, encoding.tokens, encoding.offsets, encoding.special_tokens_mask
-            ):
-                if special:
-                    row.append({"id": token_id, "text": token, "special": True, "start": None, "stop": None})
-                else:
-                    piece = text[start:stop]
-                    row.append({"id": token_id, "text": piece, "special": False, "start": start, "stop": stop})
-            out.append(row)
-        return out
-
-    def decode(self, ids: Sequence[Sequence[int]], skip_special_tokens: bool) -> list[str]:
-        """TEI's /decode: each list of this model's ids -> text."""
-        for i, seq in enumerate(ids):
-            self._check_ids(seq, f"ids[{i}]")
-        return self._inspector.decode_batch([list(seq) for seq in ids], skip_special_tokens=skip_special_tokens)
-
-    def _check_ids(self, seq: Sequence[int], where: str) -> None:
-        # Checked as Python ints, before numpy: 2**70 must be refused, not overflow int64.
-        for j, token in enumerate(seq):
-            if not 0 <= token < self.vocab_size:
-                raise InvalidInputError(
-                    f"{where}[{j}] = {token} is not a token id of this model (valid ids are 0..{self.vocab_size - 1})"
-                )
-
     def tokenize_ids(self, ids: Sequence[Sequence[int]]) -> Encoded: ...
 
     def tokenize_pairs(self, query: str, documents: Sequence[str], truncate: str) -> Encoded: ...

@@ -23,7 +23,7 @@ import numpy as np
 from gte_onnx.errors import missing_dependency
 
 from .graph_optimize import save_optimized
-from .modernbert_graph import MASKED, TASK_OUTPUTS, Linear, Norm, _Graph, check_task
+from .modernbert_graph import MASKED, TASK_OUTPUTS, Linear, Norm, _LayerWriter, check_task
 
 DEFAULT_OPSET = 17  # LayerNormalization; GELU as Erf, which ORT fuses
 MIN_OPSET = 17
@@ -60,23 +60,8 @@ class BertParts:
         return ["input_ids", "attention_mask"] + (["token_type_ids"] if self.token_type is not None else [])
 
 
-class _BertWriter:
-    def __init__(self, parts: BertParts, opset: int):
-        self.p = parts
-        self.g = _Graph()
-        self.opset = opset
-
-    def linear(self, x: str, lin: Linear, hint: str) -> str:
-        y = self.g.op("MatMul", [x, self.g.weight(f"{hint}.weight_t", lin.weight_t)])
-        if lin.bias is not None:
-            y = self.g.op("Add", [y, self.g.weight(f"{hint}.bias", lin.bias)])
-        return y
-
-    def norm(self, x: str, norm: Norm, hint: str) -> str:
-        inputs = [x, self.g.weight(f"{hint}.weight", norm.weight)]
-        if norm.bias is not None:
-            inputs.append(self.g.weight(f"{hint}.bias", norm.bias))
-        return self.g.op("LayerNormalization", inputs, axis=-1, epsilon=self.p.eps)
+class _BertWriter(_LayerWriter):
+    p: BertParts
 
     def act(self, x: str) -> str:
         g, kind = self.g, self.p.activation

@@ -13,14 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from gte_onnx.errors import ModelFolderError
+from gte_onnx.resolve import SENTENCE_TRANSFORMERS_FILES, TOKENIZER_FILES  # noqa: F401 (re-exported)
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-SENTENCE_TRANSFORMERS_FILES = (
-    "modules.json",
-    "config_sentence_transformers.json",
-    "sentence_bert_config.json",
-    "1_Pooling/config.json",
-)
 # A tokenizer_config model_max_length above this is the "no limit" sentinel (1e30), not a real length.
 SANE_MAX_LENGTH = 1_000_000
 TASKS = ("embedding", "rerank")

@@ -179,18 +179,32 @@ class _Graph:
 # The model, piece by piece
 
 
-class _Writer:
-    def __init__(self, parts: Parts, opset: int):
+class _LayerWriter:
+    """What every encoder writer shares: the graph, the parts (with their `eps`) and the opset, and the
+    linear and LayerNorm blocks (the BERT writer extends it too)."""
+
+    def __init__(self, parts, opset: int):
         self.p = parts
         self.g = _Graph()
         self.opset = opset
 
-    # -- building blocks ---------------------------------------------------------------------------
     def linear(self, x: str, lin: Linear, hint: str) -> str:
         y = self.g.op("MatMul", [x, self.g.weight(f"{hint}.weight_t", lin.weight_t)])
         if lin.bias is not None:
             y = self.g.op("Add", [y, self.g.weight(f"{hint}.bias", lin.bias)])
         return y
+
+    def norm(self, x: str, norm: Norm, hint: str) -> str:
+        inputs = [x, self.g.weight(f"{hint}.weight", norm.weight)]
+        if norm.bias is not None:
+            inputs.append(self.g.weight(f"{hint}.bias", norm.bias))
+        return self.g.op("LayerNormalization", inputs, axis=-1, epsilon=self.p.eps)
+
+
+class _Writer(_LayerWriter):
+    p: Parts
+
+    # -- building blocks ---------------------------------------------------------------------------
 
     def fused_linear(self, x: str, lins: list[Linear], hint: str) -> list[str]:
         """Linear layers reading the same input as one GEMM over their concatenated weights, split
@@ -203,12 +217,6 @@ class _Writer:
             bias = np.concatenate([lin.bias if lin.bias is not None else np.zeros(width, lin.weight_t.dtype)
                                    for lin, width in zip(lins, widths)])
         return self.g.split(self.linear(x, Linear(weight_t, bias), hint), widths, axis=-1)
-
-    def norm(self, x: str, norm: Norm, hint: str) -> str:
-        inputs = [x, self.g.weight(f"{hint}.weight", norm.weight)]
-        if norm.bias is not None:
-            inputs.append(self.g.weight(f"{hint}.bias", norm.bias))
-        return self.g.op("LayerNormalization", inputs, axis=-1, epsilon=self.p.eps)
 
     def act(self, x: str, kind: str) -> str:
         """GELU, exact ("gelu") or with the tanh approximation ("gelu_tanh")."""

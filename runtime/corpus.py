@@ -190,13 +190,19 @@ def threads_per_worker(job: CorpusJob) -> int | None:
     return max(1, physical_cores() // job.workers)
 
 
+def _skip(records, path: Path, index: int, job: CorpusJob, progress: CorpusProgress) -> Tally:
+    """A shard already complete in the output: its records are read past (checked against it) and counted
+    as skipped."""
+    step = Tally(skipped=skip_shard(records, path, index, job.shard_size))
+    progress.advance(step)
+    return step
+
+
 def _run_here(embedder, job: CorpusJob, done: dict, schema, progress: CorpusProgress) -> Tally:
     tally = Tally()
     for index, records in shards_of(read_corpus(job.input, job.spec), job.shard_size):
         if index in done:
-            step = Tally(skipped=skip_shard(records, done[index], index, job.shard_size))
-            progress.advance(step)
-            tally.add(step)
+            tally.add(_skip(records, done[index], index, job, progress))
             continue
         tally.add(embed_shard(embedder, job, index, records, schema, progress))
     return tally
@@ -228,9 +234,7 @@ def _run_workers(job: CorpusJob, done: dict, schema, progress: CorpusProgress) -
         try:
             for index, records in shards_of(read_corpus(job.input, job.spec), job.shard_size):
                 if index in done:
-                    step = Tally(skipped=skip_shard(records, done[index], index, job.shard_size))
-                    progress.advance(step)
-                    tally.add(step)
+                    tally.add(_skip(records, done[index], index, job, progress))
                     continue
                 pending.add(pool.submit(_worker_shard, index, list(records), schema))
                 while len(pending) >= 2 * job.workers:

@@ -1,26 +1,36 @@
 """int8 for x86 CPUs: linear layers as u8 x s8 integer GEMMs, the embedding table in 4-bit blocks.
 
 Default recipe, chosen by measurement (real MiniLM for fidelity, full-size gte for speed; README):
-- attention projections: dynamic quantization, per-channel int8 weights, activations per tensor at run
-  time (ORT fuses this into DynamicQuantizeMatMul / MatMulIntegerToFloat, VNNI where present);
-- MLP down-projections ("contract" role, fed by the activation function): activations quantized per
-  token (one scale per token, plain ops in front of MatMulIntegerToFloat: per_token.py). Their inputs
-  carry outlier tokens (max 6x the median token's in MiniLM), which per-tensor scales cannot absorb.
-Measured on MiniLM (STS-B / CISI nDCG@10 drops, points): all per tensor 0.32 / 0.55 (fails the gate),
+- every linear layer: per-channel int8 weights, activations quantized per token (one scale per token, plain
+  ops in front of MatMulIntegerToFloat: per_token.py); the GEMMs that read one tensor share its
+  quantization, and the writer's fused q/k/v and GeGLU GEMMs become one GEMM per part (no Split copy).
+  Why per token everywhere: a vector must not depend on the other texts of its batch (the server's answers
+  equal `encode`'s, and a text alone equals it inside a padded batch). Per-tensor activation scales, the
+  recipe before, are computed over the whole padded batch: a text's vector moved by up to 4e-5 (tiny model)
+  and 2.5e-4 (full-size gte) with its batch-mates. The MLP down-projections were per token already: their
+  inputs carry outlier tokens (max 6x the median token's in MiniLM), which per-tensor scales cannot absorb.
+  Cost and gain, measured: full-size gte, 2 threads, dev/speed.py interleaved medians on a shared machine,
+  per token everywhere vs per tensor for the attention and MLP-up GEMMs: 1.11-1.13x the latency at 1x16
+  (about 100 more small ops), 1.02-1.05x at 1x128, 0.99-1.09x at 32x128, 0.98-1.03x at 8x512 (noise ~10%).
+  MiniLM's probe fidelity improves (centred cosine mean 0.9944 -> 0.9960, cosine p1 0.9850 -> 0.9877);
+  STS-B drop 0.17 -> 0.25 and CISI nDCG@10 drop -0.37 -> -0.37 (STS-B moves by ~0.15 with any rounding change).
+Earlier trials on MiniLM (STS-B / CISI nDCG@10 drops, points): all per tensor 0.32 / 0.55 (fails the gate),
 MLP down per token and block in MatMulNBits (8-bit, accuracy level 4) 0.20 / -0.36, MLP up and down that
 way 0.09 / 0.12 but 16% slower on gte at 32x128.
-Per-token kernel, same run, 4-bit table (`gte-onnx quantize DIR --variants int8 --per-token-kernel K`):
-MatMulNBits 0.07 / -0.07, per-token scales + MatMulIntegerToFloat 0.17 / -0.37; both pass. Speed (full-size
-gte, 2 threads, dev/speed.py interleaved medians, shared machine; q, k, v and Wi fused in both): the
-integer kernel is 0.90x / 0.94x / 0.93x / 1.00x the MatMulNBits one's latency at 1x16 / 1x128 / 32x128 /
-8x512, and the 1152 -> 768 projection alone 1.2-1.5x faster at 4096 tokens (dev/contract_gemm.py), so it
-is the default. A second run against separate q/k/v/Wi GEMMs + MatMulNBits: fused + integer 0.94x / 1.14x /
-0.96x / 1.07x, separate + integer 0.96x / 1.12x / 0.99x / 1.00x: the end-to-end gain is within the shared
-machine's run-to-run noise (~10%). OpenVINO NNCF int8 (static activations) in that run: 0.80x / 0.73x /
-0.68x / 0.77x our latency; the int8 GEMM floor at 32x128 (dev/gemm_floor.py) was 1.38 s, ours 2.51 s.
-Activation quantization itself is cheap: DynamicQuantizeLinear took 1.1% of the int8 graph's time at
-1x128 and at 32x128 (ORT profiler), which bounds what static (calibrated) activation scales could save;
-with their fidelity cost (static QDQ: STS-B drop 1.6) they were not tried again.
+Per-token kernel, MLP down only (`gte-onnx quantize DIR --variants int8 --per-token-roles contract
+--per-token-kernel K`): MatMulNBits 0.07 / -0.07, per-token scales + MatMulIntegerToFloat 0.17 / -0.37; both
+pass. Speed (full-size gte, 2 threads, dev/speed.py interleaved medians, shared machine; q, k, v and Wi fused
+in both): the integer kernel is 0.90x / 0.94x / 0.93x / 1.00x the MatMulNBits one's latency at 1x16 / 1x128
+/ 32x128 / 8x512, and the 1152 -> 768 projection alone 1.2-1.5x faster at 4096 tokens
+(dev/contract_gemm.py). S8 activations (no zero point) would save the zero-point ops but MLAS runs s8 x s8
+15x slower than u8 x s8 here (4096 x 768 x 2304: 341-356 ms vs 24-26 ms), so activations stay uint8 around 128.
+OpenVINO NNCF int8 (static activations) in the MLP-down-only run: 0.80x / 0.73x / 0.68x / 0.77x our latency;
+the int8 GEMM floor at 32x128 (dev/gemm_floor.py) was 1.38 s. ORT profile of the per-token-everywhere graph at
+32x128 (dev/profile_ops.py): MatMulIntegerToFloat 1,556 ms (1.13x that floor), MultiHeadAttention 17%, Mul
+(rescales, GeGLU) 9%, the per-token quantization ops ~8% before they were rewritten as ReduceMax/ReduceMin
++ blocked QuantizeLinear.
+Static activation scales were not tried again: DynamicQuantizeLinear took 1.1% of the per-tensor graph's
+time, and static QDQ lost 1.6 STS-B points.
 Per-tensor weights, SmoothQuant (alpha 0.5: worse) and static QDQ (STS-B drop 1.6, no faster) lost.
 Embedding table (embedding.py): with the 8-bit table the gte file cannot reach the 150 MB target (matmul
 weights 110.3 MB + table 38.7 MB + scales, zero points, LayerNorms and graph ~1.9 MB = ~151 MB without the
@@ -61,13 +71,16 @@ class Int8Options:
     float_roles: tuple[str, ...] = ()
     # SmoothQuant migration strength (None: off; it did not help on MiniLM). Needs calibration text.
     smooth_alpha: float | None = None
-    # Layers whose input has outlier tokens get MatMulNBits with 8-bit weights and accuracy level 4: the
-    # kernel quantizes activations per token and per block of `block_size` inputs, so one outlier token
-    # ([CLS]/[SEP] rows reach 6x the median row's maximum in MiniLM) no longer coarsens every other token.
-    per_token_roles: tuple[str, ...] = ("contract",)
+    # Layers whose activations get one scale per token instead of one per batch: every role by default,
+    # so no vector depends on its batch-mates, and one outlier token ([CLS]/[SEP] rows reach 6x the median
+    # row's maximum in MiniLM) no longer coarsens every other token. The rest use per-tensor dynamic scales.
+    per_token_roles: tuple[str, ...] = ROLES
     # How those layers quantize per token: "integer" (plain ops + MatMulIntegerToFloat, per_token.py) or
     # "nbits" (MatMulNBits, 8-bit weights in blocks of block_size, accuracy level 4).
     per_token_kernel: str = "integer"
+    # With the integer kernel: a fused GEMM whose output only feeds a Split (q/k/v, the GeGLU halves)
+    # becomes one GEMM per part over one shared quantization of its input, and the Split goes.
+    split_fused: bool = True
     block_size: int = 128
     # Token embedding table: 8 bits (a scale per row) or 4 bits (blocks of embedding_block_size).
     embedding_bits: int = 4
@@ -114,7 +127,7 @@ def make_int8(
     if per_token and options.per_token_kernel == "nbits":
         _blockwise_8bit(model, per_token, options.block_size)
     elif per_token:
-        per_token_int8(model, per_token, options.per_channel)
+        per_token_int8(model, per_token, options.per_channel, options.split_fused)
     selected = [u for u in selected if u not in per_token]
     with tempfile.TemporaryDirectory() as tmp:
         result, activations = _quantize_with_ort(model, selected, options, calibration_feeds, Path(tmp))

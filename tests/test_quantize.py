@@ -143,28 +143,58 @@ def test_q4_recipe_matmulnbits_and_no_large_float_weights_left(quantized):
     assert (quantized / "model_q4.onnx").stat().st_size < 0.2 * (quantized / "model.onnx").stat().st_size
 
 
-def test_int8_recipe_integer_matmuls_per_channel_and_int8_table(quantized):
-    model = _load(quantized, "int8")
-    counts = op_counts(model)
-    recipe = Manifest.load(quantized).variants["int8"].recipe
-    linear = _linear_layers(_load(quantized, "fp32"))
-    per_token = recipe["per_token_matmuls"]["count"]  # MLP layers: activations quantized per token
-    assert recipe["matmuls_quantized"] == linear and 0 < per_token < linear
-    assert counts.get("MatMulInteger") == linear - per_token  # attention projections: per tensor
-    assert counts.get("DynamicQuantizeLinear", 0) > 0
-    # the MLP down-projections: one scale per token in front of an integer GEMM, no MatMulNBits
-    assert counts.get("MatMulIntegerToFloat") == counts.get("QuantizeLinear") == per_token
+def _fused_splits(model) -> list:
+    """Splits that alone read a linear layer's output: the writer's fused q/k/v and GeGLU GEMMs."""
+    from gte_onnx.quantize.graph import consumers, weight_matmuls
+
+    readers, names = consumers(model), {u.node for u in weight_matmuls(model)}
+    return [r[0] for n in model.graph.node if n.name in names
+            for r in [readers.get(n.output[0], [])] if len(r) == 1 and r[0].op_type == "Split"]
+
+
+def test_int8_recipe_every_linear_layer_per_token_one_gemm_per_part_and_4bit_table(quantized):
+    fp32, model = _load(quantized, "fp32"), _load(quantized, "int8")
+    counts, recipe = op_counts(model), Manifest.load(quantized).variants["int8"].recipe
+    linear, fused = _linear_layers(fp32), _fused_splits(fp32)
+    assert fused  # the tiny ModernBERT has fused q/k/v and GeGLU GEMMs
+    assert recipe["matmuls_quantized"] == recipe["per_token_matmuls"]["count"] == linear
+    # no per-batch activation scale anywhere: a vector never depends on its batch-mates
+    assert not counts.get("MatMulInteger") and not counts.get("DynamicQuantizeLinear")
+    # each fused GEMM became one integer GEMM per part, and its Split is gone
+    assert counts["MatMulIntegerToFloat"] == linear + sum(len(s.output) - 1 for s in fused)
+    assert counts.get("Split", 0) == op_counts(fp32).get("Split", 0) - len(fused)
+    # one quantization per distinct input tensor (q, k and v share theirs)
+    from gte_onnx.quantize.graph import weight_matmuls
+
+    fp32_nodes = {n.name: n for n in fp32.graph.node}
+    inputs = {fp32_nodes[u.node].input[0] for u in weight_matmuls(fp32) if u.elements >= MIN_WEIGHT_ELEMENTS}
+    assert counts["QuantizeLinear"] == counts["ReduceMax"] - op_counts(fp32).get("ReduceMax", 0) == len(inputs)
     assert not _nbits(model) and recipe["per_token_matmuls"]["op"].startswith("ReduceMax")
-    weights = {i.name: i.data_type for i in model.graph.initializer}
-    assert {weights[n.input[1]] for n in model.graph.node if n.op_type == "MatMulIntegerToFloat"} == {
-        onnx.TensorProto.INT8}
-    assert recipe["per_channel"] is True and recipe["method"] == "dynamic"
     inits = {i.name: i for i in model.graph.initializer}
-    zero_points = [inits[n.input[3]] for n in model.graph.node if n.op_type == "MatMulInteger" and n.input[3] in inits]
-    assert zero_points and all(len(z.dims) == 1 and z.dims[0] > 1 for z in zero_points)  # one per channel
+    gemms = [n for n in model.graph.node if n.op_type == "MatMulIntegerToFloat"]
+    assert {inits[n.input[1]].data_type for n in gemms} == {onnx.TensorProto.INT8}
+    assert all(len(inits[n.input[3]].dims) == 1 and inits[n.input[3]].dims[0] > 1 for n in gemms)  # per channel
+    assert recipe["per_channel"] is True and recipe["method"] == "dynamic"
     assert _table_4bit(model) == [50368, 64] and recipe["embedding_table"]["bits"] == 4
     assert float_weight_bytes(model, MIN_WEIGHT_ELEMENTS) == 0
     assert (quantized / "model_int8.onnx").stat().st_size < 0.3 * (quantized / "model.onnx").stat().st_size
+
+
+@pytest.mark.parametrize("name", EMBED_VARIANTS)
+def test_a_text_alone_equals_it_inside_a_padded_batch_in_every_variant(quantized, name):
+    """What the server relies on (its answers equal `encode`): no variant's vector depends on the other
+    texts of its batch. Per-tensor activation scales (the int8 recipe before) broke this by ~4e-5."""
+    from gte_onnx import Embedder
+
+    model = Embedder(quantized, variant=name, threads=2)
+    texts = ["hi", "the quick brown fox jumps over the lazy dog " * 40, "Beijing",
+             "a medium length sentence about sorting algorithms in python"]
+    together = model.encode(texts, batch_size=4)
+    pairs = model.encode(texts[::-1], batch_size=2)[::-1]
+    for i, text in enumerate(texts):
+        alone = model.encode([text])[0]
+        assert np.abs(alone - together[i]).max() <= 1e-6, (name, i)
+        assert np.abs(alone - pairs[i]).max() <= 1e-6, (name, i)
 
 
 def test_fp16_keeps_layernorm_in_float32(quantized):

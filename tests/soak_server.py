@@ -171,8 +171,8 @@ def direct_encode(model_dir, pool: list[str], variant: str, threads: int | None)
     started, cpu = time.perf_counter(), time.process_time()
     vectors = embedder.encode(pool, normalize=True)
     wall_s, cpu_s = time.perf_counter() - started, time.process_time() - cpu
-    # encode's own answer for a text depends on its batch when the variant quantizes activations per
-    # batch (int8's dynamic quantization): the same texts alone show how much.
+    # A variant whose vectors depend on their batch-mates (per-batch activation scales, as int8 once had)
+    # would show here: the same texts alone against the pool's batches.
     shortest = sorted(range(len(pool)), key=lambda i: len(pool[i]))[:8]
     alone = np.stack([embedder.encode([pool[i]], normalize=True)[0] for i in shortest])
     self_diff = float(np.abs(alone - vectors[shortest]).max())

@@ -47,3 +47,31 @@ def test_sustained_load_with_429s_on_loopback(tiny_gte_dir):
     assert figures["within_1e-5"] == figures["answers"], figures["max_abs_diff"]
     assert figures["rss_peak_mb"] - figures["rss_start_mb"] < 512, figures
     assert figures["exit_code"] in (0, -signal.SIGTERM)
+
+
+@pytest.fixture(scope="module")
+def tiny_int8_dir(tiny_gte_dir, tmp_path_factory):
+    """The tiny model with an int8 variant (probe gate only), in a private copy."""
+    import shutil
+
+    from gte_onnx.manifest import Manifest
+    from gte_onnx.quantize.build import QuantizeOptions, quantize_folder
+
+    folder = tmp_path_factory.mktemp("load-int8") / "tiny-gte"
+    shutil.copytree(tiny_gte_dir, folder, ignore=shutil.ignore_patterns("model_*.onnx"))
+    manifest = Manifest.load(folder)
+    manifest.replace(variants={"fp32": manifest.variants["fp32"]}).save(folder)
+    quantize_folder(folder, ["int8"], QuantizeOptions(evaluation="probe", threads=1), log=lambda _m: None)
+    return folder
+
+
+def test_int8_answers_under_load_equal_encode(tiny_int8_dir):
+    """int8 quantizes activations per token, so what the server batches together cannot move a vector:
+    every answer equals encode of the text alone-or-batched to float32 rounding."""
+    from tests.soak_server import format_soak, soak_figures
+
+    figures = soak_figures(tiny_int8_dir, clients=24, duration_s=6.0, max_tokens=2048, pool_size=16,
+                           variant="int8", threads=1, max_concurrent_requests=8)
+    print("\n" + format_soak(figures))
+    assert figures["server_5xx"] == 0 and figures["answers"] > 0, figures["status_counts"]
+    assert figures["max_abs_diff"] <= 1e-6 and figures["encode_alone_vs_batched_diff"] <= 1e-6, figures

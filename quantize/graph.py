@@ -267,16 +267,35 @@ def tool_versions() -> dict[str, str]:
     return versions
 
 
+# Advice onnxruntime.quantization gives on every call through logging.warning(), i.e. the root logger, at
+# WARNING: it does not apply to graphs written here (shape inference is ours; a QDQ node in the input is
+# intended). Matched by the start of the message, so any other warning still shows.
+QUANTIZER_ADVICE = (
+    "Please consider to run pre-processing before quantization",
+    "Please consider pre-processing before quantization",
+    "Please check if the model is already quantized",
+)
+
+
+def _not_quantizer_advice(record: logging.LogRecord) -> bool:
+    return not (isinstance(record.msg, str) and record.msg.startswith(QUANTIZER_ADVICE))
+
+
 @contextlib.contextmanager
 def quiet_quantizer_logs():
     """onnxruntime.quantization logs every node it skips at INFO, through its own logger and, once its
-    modules have called logging.basicConfig, the root logger: keep both at WARNING while it works."""
-    loggers = [logging.getLogger(), logging.getLogger("onnxruntime.quantization")]
+    modules have called logging.basicConfig, the root logger: keep both at WARNING while it works. Its
+    advice lines (QUANTIZER_ADVICE), logged on the root logger at WARNING, are dropped by a filter on the
+    root logger for the same span; other warnings pass."""
+    root = logging.getLogger()
+    loggers = [root, logging.getLogger("onnxruntime.quantization")]
     levels = [log.level for log in loggers]
     for log in loggers:
         log.setLevel(logging.WARNING)
+    root.addFilter(_not_quantizer_advice)
     try:
         yield
     finally:
+        root.removeFilter(_not_quantizer_advice)
         for log, level in zip(loggers, levels):
             log.setLevel(level)

@@ -218,12 +218,13 @@ def _quantize_with_ort(model, selected, options: Int8Options, calibration_feeds,
     else:
         if calibration_feeds is None:
             raise ValueError("int8 method 'static' needs calibration_feeds (real text)")
-        q.quantize_static(
-            str(staged), str(out), _Reader(calibration_feeds()),
-            quant_format=q.QuantFormat.QDQ, activation_type=q.QuantType.QUInt8,
-            calibrate_method=q.CalibrationMethod.MinMax,
-            extra_options={**extra, "ActivationSymmetric": False}, **common,
-        )
+        with graph.quiet_quantizer_logs():
+            q.quantize_static(
+                str(staged), str(out), _Reader(calibration_feeds()),
+                quant_format=q.QuantFormat.QDQ, activation_type=q.QuantType.QUInt8,
+                calibrate_method=q.CalibrationMethod.MinMax,
+                extra_options={**extra, "ActivationSymmetric": False}, **common,
+            )
         activations = "uint8 per tensor, scales calibrated on real text (QDQ, MinMax)"
     return graph.load_model(out), activations
 

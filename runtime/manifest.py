@@ -246,12 +246,17 @@ def verify_variant(folder: str | os.PathLike, variant: Variant) -> Path:
     path = resolve_inside(folder, variant.file)
     if not path.is_file():
         raise ModelFolderError(f"variant {variant.name!r}: file {variant.file} is missing from {folder}")
-    size = path.stat().st_size
-    if size != variant.bytes:
-        raise IntegrityError(
-            f"variant {variant.name!r}: {variant.file} has {size} bytes but the manifest says {variant.bytes}"
-        )
-    digest = file_digest(path, sha256_file)
+    try:
+        size = path.stat().st_size
+        if size != variant.bytes:
+            raise IntegrityError(
+                f"variant {variant.name!r}: {variant.file} has {size} bytes but the manifest says {variant.bytes}"
+            )
+        digest = file_digest(path, sha256_file)
+    except OSError as exc:  # present but unreadable: permissions, an I/O error, a file that vanished
+        raise ModelFolderError(
+            f"variant {variant.name!r}: cannot read {path} to check its sha256 ({exc.strerror or exc})"
+        ) from exc
     if digest != variant.sha256:
         raise IntegrityError(
             f"variant {variant.name!r}: sha256 of {variant.file} is {digest}, the manifest says "

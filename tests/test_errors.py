@@ -104,6 +104,28 @@ def test_manifest_that_is_not_json(manifest_only, raw, message):
     assert message in str(exc.value)
 
 
+def test_model_file_that_cannot_be_read_for_its_sha256(tiny_gte_dir, tmp_path, monkeypatch):
+    # We run as root, where chmod 000 does not stop a read: the sha256 check's open() is refused instead.
+    import builtins
+
+    import gte_onnx.manifest as manifest_module
+
+    folder = _link_copy(tiny_gte_dir, tmp_path / "m")
+    real_open = builtins.open
+
+    def refusing_open(file, *args, **kwargs):
+        if str(file).endswith(".onnx"):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(manifest_module, "open", refusing_open, raising=False)
+    with pytest.raises(ModelFolderError, match=r"variant '\w+': cannot read .*\.onnx to check its sha256 "
+                                               r"\(Permission denied\)") as exc:
+        Embedder(folder, threads=1)
+    assert str(folder.resolve()) in str(exc.value)
+    assert isinstance(exc.value.__cause__, PermissionError)
+
+
 def test_output_width_that_differs_from_dim(tiny_gte_dir, tmp_path):
     folder = _link_copy(tiny_gte_dir, tmp_path / "m")
     _edit_manifest(folder, lambda m: m.update(dim=32))

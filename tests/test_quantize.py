@@ -381,6 +381,45 @@ def test_cli_quantizes_and_reports_bad_input(tiny_gte_dir, tmp_path, capsys):
         quantize_main([str(folder), "--block-size", "48"])
 
 
+@pytest.mark.parametrize("method", ["dynamic", "static"])
+def test_quiet_quantize_prints_none_of_onnxruntimes_advice(tiny_gte_dir, tmp_path, method):
+    """onnxruntime.quantization logs "Please consider (to run) pre-processing ..." and "Please check if the
+    model is already quantized ..." with logging.warning(), i.e. on the root logger, which basicConfig
+    then prints as WARNING:root:...: a fresh process shows what `gte-onnx quantize -q` really prints."""
+    folder = _copy(tiny_gte_dir, tmp_path / "m")
+    res = subprocess.run([sys.executable, "-m", "gte_onnx.cli", "quantize", str(folder), "--variants", "int8",
+                          "--int8-method", method, "--eval", "none", "-q"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "Please" not in res.stderr and "WARNING:root" not in res.stderr, res.stderr
+    assert Manifest.load(folder).variants["int8"].recipe["method"] == method
+
+
+def test_quantizer_advice_filter_drops_exactly_those_lines_and_only_while_quantizing(tiny_gte_dir, tmp_path,
+                                                                                     caplog):
+    import logging
+
+    from gte_onnx.quantize import graph
+    from gte_onnx.quantize.int8 import make_int8
+
+    caplog.set_level(logging.WARNING)
+    make_int8(tiny_gte_dir / "model.onnx", tmp_path / "model_int8.onnx")
+    assert (tmp_path / "model_int8.onnx").is_file()
+    assert not [r for r in caplog.records if r.getMessage().startswith(graph.QUANTIZER_ADVICE)], caplog.text
+    caplog.clear()
+    with graph.quiet_quantizer_logs():
+        logging.warning("Please consider to run pre-processing before quantization. Refer to example: ...")
+        logging.warning("Please check if the model is already quantized. Note ...")
+        logging.warning("some other warning")
+        logging.getLogger("onnxruntime.quantization").warning("a warning of its own logger")
+    logging.warning("Please check if the model is already quantized. (outside)")
+    assert [r.getMessage() for r in caplog.records] == [
+        "some other warning", "a warning of its own logger",
+        "Please check if the model is already quantized. (outside)",
+    ]
+    assert graph._not_quantizer_advice not in logging.getLogger().filters
+
+
 def test_quantize_never_imports_torch():
     code = ("import sys, gte_onnx.quantize.build, gte_onnx.quantize.cli, gte_onnx.quantize.fidelity, "
             "gte_onnx.quantize.fp16, gte_onnx.quantize.int8, gte_onnx.quantize.q4\n"

@@ -193,7 +193,9 @@ def test_llamaindex_openai_embedding(server, embedder):
     np.testing.assert_allclose(query, embedder.encode(TEXTS[0], normalize=True), atol=1e-5)
 
 
-def test_haystack_openai_embedders(server, embedder):
+def test_haystack_openai_embedders(server, embedder, monkeypatch):
+    # Haystack sends usage telemetry from import on unless told not to: no traffic off this machine.
+    monkeypatch.setenv("HAYSTACK_TELEMETRY_ENABLED", "False")
     components = pytest.importorskip("haystack.components.embedders")
     from haystack import Document
     from haystack.utils import Secret

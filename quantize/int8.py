@@ -12,8 +12,9 @@ Default recipe, chosen by measurement (real MiniLM for fidelity, full-size gte f
   Cost and gain, measured: full-size gte, 2 threads, dev/speed.py interleaved medians on a shared machine,
   per token everywhere vs per tensor for the attention and MLP-up GEMMs: 1.11-1.13x the latency at 1x16
   (about 100 more small ops), 1.02-1.05x at 1x128, 0.99-1.09x at 32x128, 0.98-1.03x at 8x512 (noise ~10%).
-  MiniLM's probe fidelity improves (centred cosine mean 0.9944 -> 0.9960, cosine p1 0.9850 -> 0.9877);
-  STS-B drop 0.17 -> 0.25 and CISI nDCG@10 drop -0.37 -> -0.37 (STS-B moves by ~0.15 with any rounding change).
+  MiniLM (op-by-op BERT graph, `gte-onnx quantize D --variants int8 --eval full` against `--per-token-roles
+  contract`): probe centred cosine mean 0.9945 -> 0.9960, cosine p1 0.9850 -> 0.9877; STS-B drop 0.18 -> 0.25,
+  CISI nDCG@10 drop -0.36 -> -0.07 (the STS-B figure moves by ~0.15 with any change of rounding).
 Earlier trials on MiniLM (STS-B / CISI nDCG@10 drops, points): all per tensor 0.32 / 0.55 (fails the gate),
 MLP down per token and block in MatMulNBits (8-bit, accuracy level 4) 0.20 / -0.36, MLP up and down that
 way 0.09 / 0.12 but 16% slower on gte at 32x128.

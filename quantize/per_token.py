@@ -2,12 +2,15 @@
 
 For a MatMul x @ W (x: (..., K), W: (K, N)):
     peak  = max(ReduceMax(|x|, last axis), tiny)                 (..., 1)   one scale per token
-    x_q   = QuantizeLinear(x * (127 / peak), 1, 128)             uint8, symmetric around 128
+    x_q   = QuantizeLinear(x / (peak / 127), 128)                uint8, symmetric around 128 (below
+                                                                 opset 21: x * (127 / peak), scale 1)
     y     = MatMulIntegerToFloat(x_q, W_q, 1, w_scale / 127, 128) * peak
-with W_q int8 symmetric per output channel (w_scale = max |W[:, n]| / 127) or per tensor.
+with W_q int8 symmetric per output channel (w_scale = max |W[:, n]| / 127) or per tensor. x_q is made
+once per tensor, whatever the number of GEMMs reading it.
 
-Why: the MLP down-projection's input has outlier tokens ([CLS]/[SEP] rows reach 6x the median row's peak
-in MiniLM) that a per-tensor scale cannot absorb. MatMulNBits at accuracy level 4 also quantizes per
+Why: a token's scale depends on that token alone, so no vector depends on the other texts of its batch;
+and outlier tokens ([CLS]/[SEP] rows reach 6x the median row's peak in MiniLM's MLP down-projection input)
+do not coarsen the others, as a per-tensor scale would. MatMulNBits at accuracy level 4 also quantizes per
 token (and per block of K), but its kernel ran the 1152 -> 768 projection at 4096 tokens 1.2-1.5x slower
 than this, and at 128 tokens 1.4-2x slower (dev/contract_gemm.py, 2 threads, shared machine).
 """
@@ -40,7 +43,7 @@ def _shared_constants(model) -> dict[str, str]:
 
 
 def _quantize_nodes(x: str, width: int, tag: str, c: dict[str, str], opset: int) -> tuple[list, str, str]:
-    """(nodes, uint8 tensor, float32 per-token peak) quantizing `x` (last axis `width`) once for every GEMM that reads it.
+    """(nodes, uint8 tensor, float32 per-token peak) quantizing `x` (last axis `width`) for the GEMMs reading it.
 
     From opset 21 the peak comes from ReduceMax and ReduceMin (two reads of x, no |x| written) and one
     blocked QuantizeLinear divides by it (block = the whole last axis): 1.8-2.3x faster than
@@ -48,32 +51,35 @@ def _quantize_nodes(x: str, width: int, tag: str, c: dict[str, str], opset: int)
     """
     from onnx import TensorProto, helper
 
-    t = {k: f"{tag}_pt_{k}" for k in ("abs", "peak", "low", "neg", "safe", "inv", "scaled", "q", "step", "shape", "zp")}
+    def name(k: str) -> str:
+        return f"{tag}_pt_{k}"
+
+    def node(op: str, inputs: list[str], key: str, **attrs):
+        return helper.make_node(op, inputs, [name(key)], name=name(key), **attrs)
+
     if opset < 21:
-        reduce = (helper.make_node("ReduceMax", [t["abs"], c["pt_last_axis"]], [t["peak"]], name=tag + "_pt_peak",
-                                   keepdims=1) if opset >= 18 else
-                  helper.make_node("ReduceMax", [t["abs"]], [t["peak"]], name=tag + "_pt_peak", axes=[-1], keepdims=1))
+        reduce = (node("ReduceMax", [name("abs"), c["pt_last_axis"]], "peak", keepdims=1) if opset >= 18 else
+                  node("ReduceMax", [name("abs")], "peak", axes=[-1], keepdims=1))
         return [
-            helper.make_node("Abs", [x], [t["abs"]], name=tag + "_pt_abs"),
+            node("Abs", [x], "abs"),
             reduce,
-            helper.make_node("Max", [t["peak"], c["pt_tiny"]], [t["safe"]], name=tag + "_pt_safe"),
-            helper.make_node("Div", [c["pt_127"], t["safe"]], [t["inv"]], name=tag + "_pt_inv"),
-            helper.make_node("Mul", [x, t["inv"]], [t["scaled"]], name=tag + "_pt_scale"),
-            helper.make_node("QuantizeLinear", [t["scaled"], c["pt_one"], c["pt_zero_point"]], [t["q"]],
-                             name=tag + "_pt_quantize"),
-        ], t["q"], t["safe"]
+            node("Max", [name("peak"), c["pt_tiny"]], "safe"),
+            node("Div", [c["pt_127"], name("safe")], "inv"),
+            node("Mul", [x, name("inv")], "scaled"),
+            node("QuantizeLinear", [name("scaled"), c["pt_one"], c["pt_zero_point"]], "q"),
+        ], name("q"), name("safe")
     zero_point = helper.make_tensor("pt_zp_value", TensorProto.UINT8, [1], [128])
     return [
-        helper.make_node("ReduceMax", [x, c["pt_last_axis"]], [t["peak"]], name=tag + "_pt_peak", keepdims=1),
-        helper.make_node("ReduceMin", [x, c["pt_last_axis"]], [t["low"]], name=tag + "_pt_low", keepdims=1),
-        helper.make_node("Neg", [t["low"]], [t["neg"]], name=tag + "_pt_neg"),
-        helper.make_node("Max", [t["peak"], t["neg"], c["pt_tiny"]], [t["safe"]], name=tag + "_pt_safe"),
-        helper.make_node("Div", [t["safe"], c["pt_127"]], [t["step"]], name=tag + "_pt_step"),
-        helper.make_node("Shape", [t["step"]], [t["shape"]], name=tag + "_pt_shape"),
-        helper.make_node("ConstantOfShape", [t["shape"]], [t["zp"]], name=tag + "_pt_zp", value=zero_point),
-        helper.make_node("QuantizeLinear", [x, t["step"], t["zp"]], [t["q"]], name=tag + "_pt_quantize",
-                         axis=-1, block_size=width),
-    ], t["q"], t["safe"]
+        node("ReduceMax", [x, c["pt_last_axis"]], "peak", keepdims=1),
+        node("ReduceMin", [x, c["pt_last_axis"]], "low", keepdims=1),
+        node("Neg", [name("low")], "neg"),
+        node("Max", [name("peak"), name("neg"), c["pt_tiny"]], "safe"),
+        node("Div", [name("safe"), c["pt_127"]], "step"),
+        node("Shape", [name("step")], "shape"),
+        # blocked QuantizeLinear wants a zero point of the scale's shape
+        node("ConstantOfShape", [name("shape")], "zp", value=zero_point),
+        node("QuantizeLinear", [x, name("step"), name("zp")], "q", axis=-1, block_size=width),
+    ], name("q"), name("safe")
 
 
 def _gemm_nodes(q: str, peak: str, weight_q: str, scale: str, y: str, tag: str, c: dict[str, str]) -> list:
@@ -94,9 +100,11 @@ def _last_axis_split(node, consumers: dict, inits: dict, width: int, outputs: se
     from onnx import numpy_helper
 
     readers = consumers.get(node.output[0], [])
-    if node.output[0] in outputs or len(readers) != 1 or readers[0].op_type != "Split" or len(readers[0].input) < 2 or not readers[0].name:
+    if node.output[0] in outputs or len(readers) != 1:
         return None
     split = readers[0]
+    if split.op_type != "Split" or len(split.input) < 2 or not split.name:
+        return None
     axis = next((a.i for a in split.attribute if a.name == "axis"), 0)
     sizes = inits.get(split.input[1])
     if axis != -1 or sizes is None:
@@ -127,6 +135,7 @@ def per_token_int8(model, uses, per_channel: bool = True, split_fused: bool = Tr
     quantized: dict[str, tuple[str, str]] = {}  # input tensor -> (uint8 tensor, peak)
     dropped: set[str] = set()
     orphans: set[str] = set()  # the removed Splits' size constants
+    written: set[str] = set()  # initializers stored for quantized weights (or their parts)
     for node in model.graph.node:
         if node.name in dropped:
             continue
@@ -145,19 +154,21 @@ def per_token_int8(model, uses, per_channel: bool = True, split_fused: bool = Tr
             quantized[node.input[0]] = (q, peak)
         q, peak = quantized[node.input[0]]
         split = _last_axis_split(node, consumers, inits, weight_q.shape[1], outputs) if split_fused else None
-        parts = [(node.output[0], 0, weight_q.shape[1], node.name)]
+        parts = [(node.output[0], 0, weight_q.shape[1], node.name, weight)]
         if split is not None:
             dropped.add(split[0].name)
             orphans.add(split[0].input[1])
             bounds = np.cumsum([0] + split[1])
-            parts = [(out, int(a), int(b), f"{node.name}_part{i}")
+            parts = [(out, int(a), int(b), f"{node.name}_part{i}", f"{weight}_part{i}_{a}_{b}")
                      for i, (out, a, b) in enumerate(zip(split[0].output, bounds[:-1], bounds[1:]))]
-        for out, a, b, tag in parts:
-            names = (f"{tag}_{weight}_int8", f"{tag}_{weight}_scale_127")
-            part_scale = scale if scale.shape[0] == 1 else scale[a:b]
-            model.graph.initializer.extend([
-                numpy_helper.from_array(np.ascontiguousarray(weight_q[:, a:b]), names[0]),
-                numpy_helper.from_array((part_scale / 127.0).astype(np.float32), names[1])])
+        for out, a, b, tag, stored in parts:
+            names = (f"{stored}_int8", f"{stored}_scale_127")
+            if stored not in written:  # a weight read by several MatMuls is stored once
+                written.add(stored)
+                part_scale = scale if scale.shape[0] == 1 else scale[a:b]
+                model.graph.initializer.extend([
+                    numpy_helper.from_array(np.ascontiguousarray(weight_q[:, a:b]), names[0]),
+                    numpy_helper.from_array((part_scale / 127.0).astype(np.float32), names[1])])
             new_nodes += _gemm_nodes(q, peak, *names, out, tag, consts)
         done += 1
     model.graph.ClearField("node")

@@ -99,6 +99,14 @@ def tiny_gte(tiny_gte_dir):
     return Embedder(tiny_gte_dir, threads=1)
 
 
+@pytest.fixture(scope="module")
+def backend(tiny_gte_dir):
+    """The server's ONNX backend over the tiny embedder; one per test module, as modules wrap it."""
+    from gte_onnx.server.backend import OnnxBackend
+
+    return OnnxBackend(tiny_gte_dir, threads=1)
+
+
 @pytest.fixture(scope="session")
 def tiny_gte_short(tiny_gte_dir, tmp_path_factory):
     """The tiny model with max_length 256 in its manifest: truncation tests without 8192-token runs."""

@@ -24,18 +24,7 @@ from gte_onnx.errors import (
     UsageError,
 )
 from gte_onnx.manifest import MANIFEST_NAME, Manifest, describe_file
-
-
-def _link_copy(src: Path, dst: Path) -> Path:
-    """A copy of a model folder whose files are hard links (cheap); edit files only by replacing them."""
-    def link(a, b):
-        try:
-            os.link(a, b)
-        except OSError:
-            shutil.copy2(a, b)
-
-    shutil.copytree(src, dst, copy_function=link)
-    return dst
+from tests.folders import link_copy
 
 
 def _edit_manifest(folder: Path, edit) -> Path:
@@ -110,7 +99,7 @@ def test_model_file_that_cannot_be_read_for_its_sha256(tiny_gte_dir, tmp_path, m
 
     import gte_onnx.manifest as manifest_module
 
-    folder = _link_copy(tiny_gte_dir, tmp_path / "m")
+    folder = link_copy(tiny_gte_dir, tmp_path / "m")
     real_open = builtins.open
 
     def refusing_open(file, *args, **kwargs):
@@ -127,7 +116,7 @@ def test_model_file_that_cannot_be_read_for_its_sha256(tiny_gte_dir, tmp_path, m
 
 
 def test_output_width_that_differs_from_dim(tiny_gte_dir, tmp_path):
-    folder = _link_copy(tiny_gte_dir, tmp_path / "m")
+    folder = link_copy(tiny_gte_dir, tmp_path / "m")
     _edit_manifest(folder, lambda m: m.update(dim=32))
     with pytest.raises(ModelFolderError, match=r"model.onnx: output 'last_hidden_state' is \(batch, sequence, 64\), "
                                                r"64 wide, but the manifest's dim is 32"):
@@ -135,7 +124,7 @@ def test_output_width_that_differs_from_dim(tiny_gte_dir, tmp_path):
 
 
 def test_graph_output_of_the_wrong_rank(tiny_reranker_dir, tmp_path):
-    folder = _link_copy(tiny_reranker_dir, tmp_path / "m")
+    folder = link_copy(tiny_reranker_dir, tmp_path / "m")
     _edit_manifest(folder, lambda m: m.update(task="embedding", pooling="cls"))
     with pytest.raises(ModelFolderError, match=r"model.onnx: output 'logits' has rank 2 \(batch, 1\); the "
                                                r"manifest needs \(batch, sequence, dim\) for cls pooling"):
@@ -143,7 +132,7 @@ def test_graph_output_of_the_wrong_rank(tiny_reranker_dir, tmp_path):
 
 
 def test_pooling_none_on_an_embedding_folder_needs_a_graph_that_pools(tiny_gte_dir, tmp_path):
-    folder = _link_copy(tiny_gte_dir, tmp_path / "m")
+    folder = link_copy(tiny_gte_dir, tmp_path / "m")
     _edit_manifest(folder, lambda m: m.update(pooling="none"))
     with pytest.raises(ModelFolderError, match='rank 3 .*pooling "none" means the graph pools'):
         Embedder(folder, threads=1)
@@ -229,7 +218,7 @@ def test_session_run_failure_names_the_variant_file(tiny_gte_dir, tmp_path):
     ],
 )
 def test_tokenizer_json_that_cannot_be_read(tiny_gte_dir, tmp_path, damage, message):
-    folder = _link_copy(tiny_gte_dir, tmp_path / "m")
+    folder = link_copy(tiny_gte_dir, tmp_path / "m")
     path = folder / "tokenizer.json"
     data = path.read_bytes()
     path.unlink()
@@ -240,7 +229,7 @@ def test_tokenizer_json_that_cannot_be_read(tiny_gte_dir, tmp_path, damage, mess
 
 
 def test_pad_token_outside_the_vocabulary(tiny_gte_dir, tmp_path):
-    folder = _link_copy(tiny_gte_dir, tmp_path / "m")
+    folder = link_copy(tiny_gte_dir, tmp_path / "m")
     _edit_manifest(folder, lambda m: m["tokenizer"].update(pad_token_id=10**6))
     with pytest.raises(ModelFolderError, match=r"pad token id 1000000 \(the manifest.s tokenizer.pad_token_id\) "
                                                r"is outside the tokenizer.s vocabulary"):
@@ -371,7 +360,7 @@ def test_missing_dependency_is_a_gte_onnx_error():
 def test_max_length_too_small_for_a_pairs_special_tokens(tiny_reranker_dir, tmp_path):
     from gte_onnx import Reranker
 
-    folder = _link_copy(tiny_reranker_dir, tmp_path / "m")
+    folder = link_copy(tiny_reranker_dir, tmp_path / "m")
     _edit_manifest(folder, lambda m: m.update(max_length=2))
     with pytest.raises(ModelFolderError, match="max_length of 2 tokens is too small to hold a pair"):
         Reranker(folder, threads=1).predict([("a long query", "and a document")])

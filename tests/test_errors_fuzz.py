@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -23,6 +21,7 @@ from hypothesis import strategies as st
 from gte_onnx import Embedder, Reranker
 from gte_onnx.errors import GteOnnxError
 from gte_onnx.manifest import MANIFEST_NAME
+from tests.folders import link_copy
 
 TOP_KEYS = ["format_version", "task", "pooling", "normalize", "max_length", "dim", "inputs", "output", "opset",
             "tokenizer", "variants", "source", "tools", "validation", "speed_ranking", "extra"]
@@ -60,18 +59,6 @@ def mutations(sizes: dict[str, int]):
         lambda name: st.tuples(st.just("garble"), st.just(name), _byte_edits(sizes[name])))
     remove = st.tuples(st.just("remove"), st.sampled_from(FILES), st.none())
     return st.lists(manifest_set | manifest_del | truncate | garble | remove, min_size=1, max_size=2)
-
-
-def _link_copy(src: Path, dst: Path) -> None:
-    """A copy whose unchanged files are hard links (fast, and not symlinks, which the runtime would
-    refuse as pointing outside the folder). Mutated files are replaced, never written through."""
-    def link(a, b):
-        try:
-            os.link(a, b)
-        except OSError:
-            shutil.copy2(a, b)
-
-    shutil.copytree(src, dst, copy_function=link)
 
 
 def _replace(path: Path, data: bytes) -> None:
@@ -159,7 +146,7 @@ def test_a_damaged_folder_raises_only_typed_errors(request, fixture, use, exampl
     def check(changes):
         with tempfile.TemporaryDirectory(prefix="gte-onnx-fuzz-") as tmp:
             folder = Path(tmp) / "model"
-            _link_copy(pristine, folder)
+            link_copy(pristine, folder)
             for change in changes:
                 apply(folder, change)
             with warnings.catch_warnings():

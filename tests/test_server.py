@@ -20,25 +20,12 @@ pytest.importorskip("uvicorn")
 httpx = pytest.importorskip("httpx")
 
 from gte_onnx.server.app import create_app  # noqa: E402
-from gte_onnx.server.backend import OnnxBackend  # noqa: E402
 from gte_onnx.server.settings import ServerSettings  # noqa: E402
 from tests.load_server import ServerThread  # noqa: E402
 
 TEXTS = ["what is the capital of China?", "how to implement quick sort in python?", "Beijing", "sorting algorithms"]
 NAME = "tiny-gte"
 ALIAS = "text-embedding-3-small"
-
-
-@pytest.fixture(scope="module")
-def backend(tiny_gte_dir):
-    return OnnxBackend(tiny_gte_dir, threads=1)
-
-
-@pytest.fixture(scope="module")
-def embedder(tiny_gte_dir):
-    from gte_onnx import Embedder
-
-    return Embedder(tiny_gte_dir, threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +48,7 @@ def openai_client(url: str, api_key: str = "unused"):
 
 # ---- real clients ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("encoding_format", ["float", "base64", None])
-def test_openai_client_matches_encode(server, embedder, encoding_format):
+def test_openai_client_matches_encode(server, tiny_gte, encoding_format):
     """The official client; None lets it pick (it asks for base64 and decodes it with numpy)."""
     client = openai_client(server.url)
     kwargs = {"encoding_format": encoding_format} if encoding_format else {}
@@ -70,25 +57,25 @@ def test_openai_client_matches_encode(server, embedder, encoding_format):
         got = np.stack([np.frombuffer(base64.b64decode(d.embedding), dtype="<f4") for d in response.data])
     else:
         got = np.asarray([d.embedding for d in response.data], dtype=np.float32)
-    want = embedder.encode(TEXTS, normalize=True)
+    want = tiny_gte.encode(TEXTS, normalize=True)
     assert [d.index for d in response.data] == list(range(len(TEXTS)))
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-5)
-    assert response.usage.prompt_tokens == sum(embedder.count_tokens(TEXTS)) == response.usage.total_tokens
+    assert response.usage.prompt_tokens == sum(tiny_gte.count_tokens(TEXTS)) == response.usage.total_tokens
     assert response.model == NAME
 
 
-def test_openai_client_single_string_and_alias(server, embedder):
+def test_openai_client_single_string_and_alias(server, tiny_gte):
     response = openai_client(server.url).embeddings.create(model=ALIAS, input="Beijing")
     assert len(response.data) == 1 and response.model == ALIAS
-    np.testing.assert_allclose(response.data[0].embedding, embedder.encode("Beijing", normalize=True), atol=1e-5)
+    np.testing.assert_allclose(response.data[0].embedding, tiny_gte.encode("Beijing", normalize=True), atol=1e-5)
 
 
-def test_openai_token_ids_equal_text(server, backend, embedder):
+def test_openai_token_ids_equal_text(server, backend, tiny_gte):
     ids = [row.tolist() for row in backend.tokenize(TEXTS[:2], "end").ids]
     client = openai_client(server.url)
     several = client.embeddings.create(model=NAME, input=ids, encoding_format="float")
     one = client.embeddings.create(model=NAME, input=ids[0], encoding_format="float")
-    want = embedder.encode(TEXTS[:2], normalize=True)
+    want = tiny_gte.encode(TEXTS[:2], normalize=True)
     np.testing.assert_allclose([d.embedding for d in several.data], want, atol=1e-5)
     np.testing.assert_allclose(one.data[0].embedding, want[0], atol=1e-5)
     assert several.usage.prompt_tokens == len(ids[0]) + len(ids[1])
@@ -105,24 +92,24 @@ def test_openai_client_errors(server, backend):
         client.embeddings.create(model=NAME, input=[])
 
 
-def test_huggingface_inference_client_speaks_tei(server, embedder):
+def test_huggingface_inference_client_speaks_tei(server, tiny_gte):
     hub = pytest.importorskip("huggingface_hub")
     client = hub.InferenceClient(base_url=server.url)
     got = client.feature_extraction("Beijing")
-    assert got.shape == (1, embedder.dim)
-    np.testing.assert_allclose(got[0], embedder.encode("Beijing", normalize=True), atol=1e-5)
+    assert got.shape == (1, tiny_gte.dim)
+    np.testing.assert_allclose(got[0], tiny_gte.encode("Beijing", normalize=True), atol=1e-5)
     raw = client.feature_extraction("Beijing", normalize=False)
-    np.testing.assert_allclose(raw[0], embedder.encode("Beijing", normalize=False), atol=1e-5)
+    np.testing.assert_allclose(raw[0], tiny_gte.encode("Beijing", normalize=False), atol=1e-5)
 
 
 # ---- TEI options ---------------------------------------------------------------------------------------
-def test_tei_embed_batch_and_normalize(http, embedder):
+def test_tei_embed_batch_and_normalize(http, tiny_gte):
     response = http.post("/embed", json={"inputs": TEXTS, "normalize": False})
     assert response.status_code == 200
-    np.testing.assert_allclose(response.json(), embedder.encode(TEXTS, normalize=False), atol=1e-5)
+    np.testing.assert_allclose(response.json(), tiny_gte.encode(TEXTS, normalize=False), atol=1e-5)
 
 
-def test_tei_truncation(http, backend, embedder):
+def test_tei_truncation(http, backend, tiny_gte):
     long_text = " ".join(["word"] * (backend.max_length + 20))
     refused = http.post("/embed", json={"inputs": long_text, "truncate": False})
     assert refused.status_code == 413
@@ -132,7 +119,7 @@ def test_tei_truncation(http, backend, embedder):
     from gte_onnx.tokenize import TruncationWarning
 
     with pytest.warns(TruncationWarning):
-        want = embedder.encode([long_text + " tail"], normalize=True, truncate="start")
+        want = tiny_gte.encode([long_text + " tail"], normalize=True, truncate="start")
     np.testing.assert_allclose(left.json(), want, atol=1e-5)
 
 
@@ -289,7 +276,7 @@ def _post_in_thread(url: str, body: dict, results: list) -> threading.Thread:
     return thread
 
 
-def test_over_capacity_is_429_and_queued_requests_merge(backend, embedder):
+def test_over_capacity_is_429_and_queued_requests_merge(backend, tiny_gte):
     gated = GatedBackend(backend)
     settings = ServerSettings(model_name=NAME, max_concurrent_requests=3)
     with ServerThread(create_app(gated, settings)) as live:
@@ -315,7 +302,7 @@ def test_over_capacity_is_429_and_queued_requests_merge(backend, embedder):
     # The two requests that queued behind the first batch ran together in one batch.
     assert gated.batches == [1, 2]
     got = sorted(tuple(np.round(r.json()[0], 5)) for r in results)
-    want = sorted(tuple(np.round(v, 5)) for v in embedder.encode(TEXTS[:3], normalize=True))
+    want = sorted(tuple(np.round(v, 5)) for v in tiny_gte.encode(TEXTS[:3], normalize=True))
     np.testing.assert_allclose(got, want, atol=1e-4)
 
 

@@ -21,7 +21,6 @@ httpx = pytest.importorskip("httpx")
 tiktoken = pytest.importorskip("tiktoken")
 
 from gte_onnx.server.app import create_app  # noqa: E402
-from gte_onnx.server.backend import OnnxBackend  # noqa: E402
 from gte_onnx.server.settings import ServerSettings  # noqa: E402
 from gte_onnx.server.token_ids import TokenIdMode  # noqa: E402
 from tests.load_server import ServerThread  # noqa: E402
@@ -53,18 +52,6 @@ def tiktoken_cache(tmp_path_factory):
         os.environ["TIKTOKEN_CACHE_DIR"] = before
 
 
-@pytest.fixture(scope="module")
-def backend(tiny_gte_dir):
-    return OnnxBackend(tiny_gte_dir, threads=1)
-
-
-@pytest.fixture(scope="module")
-def embedder(tiny_gte_dir):
-    from gte_onnx import Embedder
-
-    return Embedder(tiny_gte_dir, threads=1)
-
-
 def serve(backend, **options) -> ServerThread:
     return ServerThread(create_app(backend, ServerSettings(model_name=NAME, **options)))
 
@@ -91,10 +78,10 @@ def cl100k_ids(texts):
 
 
 # ---- model names --------------------------------------------------------------------------------------
-def test_any_model_name_is_answered_as_the_served_model(http, embedder):
+def test_any_model_name_is_answered_as_the_served_model(http, tiny_gte):
     for name in ("gpt-embedder", OPENAI_MODEL, "nomic-embed-text", NAME):
         response = http.post("/v1/embeddings", json={"model": name, "input": TEXTS[:2]})
-        np.testing.assert_allclose(vectors_of(response), embedder.encode(TEXTS[:2], normalize=True), atol=1e-5)
+        np.testing.assert_allclose(vectors_of(response), tiny_gte.encode(TEXTS[:2], normalize=True), atol=1e-5)
         assert response.json()["model"] == NAME
 
 
@@ -109,21 +96,21 @@ def test_strict_model_name_refuses_other_names_but_keeps_aliases(backend):
 
 
 # ---- tiktoken token ids ---------------------------------------------------------------------------------
-def test_tiktoken_ids_for_an_openai_model_name_embed_their_text(http, backend, embedder):
+def test_tiktoken_ids_for_an_openai_model_name_embed_their_text(http, backend, tiny_gte):
     ids = cl100k_ids(TEXTS)
     # Read as this model's ids, most of these would be other tokens or out of range: decoding is the point.
     assert max(max(seq) for seq in ids) >= backend.vocab_size
     response = http.post("/v1/embeddings", json={"model": OPENAI_MODEL, "input": ids})
-    np.testing.assert_allclose(vectors_of(response), embedder.encode(TEXTS, normalize=True), atol=1e-5)
-    assert response.json()["usage"]["prompt_tokens"] == sum(embedder.count_tokens(TEXTS))
+    np.testing.assert_allclose(vectors_of(response), tiny_gte.encode(TEXTS, normalize=True), atol=1e-5)
+    assert response.json()["usage"]["prompt_tokens"] == sum(tiny_gte.count_tokens(TEXTS))
     one = http.post("/v1/embeddings", json={"model": "text-embedding-ada-002", "input": ids[0]})
-    np.testing.assert_allclose(vectors_of(one)[0], embedder.encode(TEXTS[0], normalize=True), atol=1e-5)
+    np.testing.assert_allclose(vectors_of(one)[0], tiny_gte.encode(TEXTS[0], normalize=True), atol=1e-5)
 
 
-def test_ids_for_other_model_names_stay_this_models_ids(http, backend, embedder):
+def test_ids_for_other_model_names_stay_this_models_ids(http, backend, tiny_gte):
     ids = [row.tolist() for row in backend.tokenize(TEXTS[:2], "end").ids]
     response = http.post("/v1/embeddings", json={"model": NAME, "input": ids})
-    np.testing.assert_allclose(vectors_of(response), embedder.encode(TEXTS[:2], normalize=True), atol=1e-5)
+    np.testing.assert_allclose(vectors_of(response), tiny_gte.encode(TEXTS[:2], normalize=True), atol=1e-5)
 
 
 @pytest.mark.parametrize(
@@ -143,9 +130,9 @@ def test_ids_invalid_for_the_encoding_are_422(http, ids, words):
     assert words in error["message"] and error["code"] == "invalid_input"
 
 
-def test_token_ids_option(backend, embedder):
+def test_token_ids_option(backend, tiny_gte):
     model_ids = [row.tolist() for row in backend.tokenize(TEXTS[:2], "end").ids]
-    want = embedder.encode(TEXTS[:2], normalize=True)
+    want = tiny_gte.encode(TEXTS[:2], normalize=True)
     with serve(backend, token_ids=TokenIdMode.parse("model")) as live:
         response = httpx.post(f"{live.url}/v1/embeddings", json={"model": OPENAI_MODEL, "input": model_ids})
         np.testing.assert_allclose(vectors_of(response), want, atol=1e-5)
@@ -158,7 +145,7 @@ def test_token_ids_option(backend, embedder):
         TokenIdMode.parse("tiktoken:no_such_encoding")
 
 
-def test_langchain_openai_embeddings_with_default_settings(server, embedder):
+def test_langchain_openai_embeddings_with_default_settings(server, tiny_gte):
     """LangChain's OpenAIEmbeddings as configured in the wild: check_embedding_ctx_length=True, so it
     tokenizes with tiktoken and sends the ids."""
     langchain_openai = pytest.importorskip("langchain_openai")
@@ -174,7 +161,7 @@ def test_langchain_openai_embeddings_with_default_settings(server, embedder):
     assert embeddings.check_embedding_ctx_length
     documents = np.asarray(embeddings.embed_documents(TEXTS), dtype=np.float32)
     query = np.asarray(embeddings.embed_query(TEXTS[0]), dtype=np.float32)
-    want = embedder.encode(TEXTS, normalize=True)
+    want = tiny_gte.encode(TEXTS, normalize=True)
     np.testing.assert_allclose(documents, want, atol=1e-5)
     np.testing.assert_allclose(query, want[0], atol=1e-5)
     # What it sent was tiktoken's ids, not the text.
@@ -182,18 +169,18 @@ def test_langchain_openai_embeddings_with_default_settings(server, embedder):
     assert sent[0]["input"] == cl100k_ids(TEXTS)
 
 
-def test_llamaindex_openai_embedding(server, embedder):
+def test_llamaindex_openai_embedding(server, tiny_gte):
     embeddings_openai = pytest.importorskip("llama_index.embeddings.openai")
     model = embeddings_openai.OpenAIEmbedding(
         model_name=OPENAI_MODEL, api_base=f"{server.url}/v1", api_key="unused", max_retries=0
     )
     got = np.asarray(model.get_text_embedding_batch(TEXTS), dtype=np.float32)
-    np.testing.assert_allclose(got, embedder.encode(TEXTS, normalize=True), atol=1e-5)
+    np.testing.assert_allclose(got, tiny_gte.encode(TEXTS, normalize=True), atol=1e-5)
     query = np.asarray(model.get_query_embedding(TEXTS[0]), dtype=np.float32)
-    np.testing.assert_allclose(query, embedder.encode(TEXTS[0], normalize=True), atol=1e-5)
+    np.testing.assert_allclose(query, tiny_gte.encode(TEXTS[0], normalize=True), atol=1e-5)
 
 
-def test_haystack_openai_embedders(server, embedder, monkeypatch):
+def test_haystack_openai_embedders(server, tiny_gte, monkeypatch):
     # Haystack sends usage telemetry from import on unless told not to: no traffic off this machine.
     monkeypatch.setenv("HAYSTACK_TELEMETRY_ENABLED", "False")
     components = pytest.importorskip("haystack.components.embedders")
@@ -202,10 +189,10 @@ def test_haystack_openai_embedders(server, embedder, monkeypatch):
 
     options = dict(api_key=Secret.from_token("unused"), model=OPENAI_MODEL, api_base_url=f"{server.url}/v1")
     text = components.OpenAITextEmbedder(**options).run(text=TEXTS[0])["embedding"]
-    np.testing.assert_allclose(text, embedder.encode(TEXTS[0], normalize=True), atol=1e-5)
+    np.testing.assert_allclose(text, tiny_gte.encode(TEXTS[0], normalize=True), atol=1e-5)
     documents = components.OpenAIDocumentEmbedder(**options).run(documents=[Document(content=t) for t in TEXTS])
     got = np.asarray([d.embedding for d in documents["documents"]], dtype=np.float32)
-    np.testing.assert_allclose(got, embedder.encode(TEXTS, normalize=True), atol=1e-5)
+    np.testing.assert_allclose(got, tiny_gte.encode(TEXTS, normalize=True), atol=1e-5)
 
 
 # ---- TEI /tokenize and /decode ----------------------------------------------------------------------------

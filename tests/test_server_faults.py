@@ -17,7 +17,6 @@ httpx = pytest.importorskip("httpx")
 
 from gte_onnx.errors import BackendUnavailableError, InferenceError  # noqa: E402
 from gte_onnx.server.app import create_app  # noqa: E402
-from gte_onnx.server.backend import OnnxBackend  # noqa: E402
 from gte_onnx.server.errors import inference_error  # noqa: E402
 from gte_onnx.server.settings import ServerSettings  # noqa: E402
 from tests.load_server import Request, ServerProcess, ServerThread, fire  # noqa: E402
@@ -25,18 +24,6 @@ from tests.load_server import Request, ServerProcess, ServerThread, fire  # noqa
 NAME = "tiny-gte"
 POISON = "zebra"  # an input whose model run raises, in FaultyBackend
 TEXTS = ["what is the capital of China?", "Beijing", "sorting algorithms"]
-
-
-@pytest.fixture(scope="module")
-def backend(tiny_gte_dir):
-    return OnnxBackend(tiny_gte_dir, threads=1)
-
-
-@pytest.fixture(scope="module")
-def embedder(tiny_gte_dir):
-    from gte_onnx import Embedder
-
-    return Embedder(tiny_gte_dir, threads=1)
 
 
 class FaultyBackend:
@@ -87,7 +74,7 @@ def wait_for_queue(url: str, inputs: int) -> None:
         time.sleep(0.02)
 
 
-def test_a_failing_batch_fails_only_its_requests(backend, embedder):
+def test_a_failing_batch_fails_only_its_requests(backend, tiny_gte):
     faulty = FaultyBackend(backend)
     with ServerThread(create_app(faulty, ServerSettings(model_name=NAME))) as live:
         # The first request holds the worker; three more queue behind it and merge into one batch.
@@ -105,7 +92,7 @@ def test_a_failing_batch_fails_only_its_requests(backend, embedder):
         # The merged batch raised; re-run alone, each poisoned request fails and the clean one is served.
         assert faulty.batches[1] == (4, True)
         assert results["first"].status_code == 200 and results["good"].status_code == 200
-        np.testing.assert_allclose(results["good"].json(), embedder.encode([TEXTS[1]], normalize=True), atol=1e-5)
+        np.testing.assert_allclose(results["good"].json(), tiny_gte.encode([TEXTS[1]], normalize=True), atol=1e-5)
         openai_bad, tei_bad = results["openai bad"], results["tei bad"]
         assert openai_bad.status_code == 500 and tei_bad.status_code == 500
         assert openai_bad.json()["error"]["code"] == "inference_error"
@@ -115,7 +102,7 @@ def test_a_failing_batch_fails_only_its_requests(backend, embedder):
         # The next batches are served, and one poisoned request does not make the server unhealthy.
         after = httpx.post(f"{live.url}/embed", json={"inputs": TEXTS})
         assert after.status_code == 200
-        np.testing.assert_allclose(after.json(), embedder.encode(TEXTS, normalize=True), atol=1e-5)
+        np.testing.assert_allclose(after.json(), tiny_gte.encode(TEXTS, normalize=True), atol=1e-5)
         assert httpx.get(f"{live.url}/health").status_code == 200
 
 

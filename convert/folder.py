@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from gte_onnx.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, Variant, describe_file
+from gte_onnx.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, Variant, describe_data_files, describe_file
 
 from .checkpoint_meta import CheckpointError, copy_model_files, special_ids, tokenizer_files
 
@@ -55,6 +55,7 @@ def fp32_variant(out: Path, info: Mapping[str, Any], report: Mapping[str, Any], 
         sha256=described["sha256"],
         bytes=described["bytes"],
         data_files=data_files,
+        data_integrity=describe_data_files(out, data_files),
         recipe={"dtype": "float32", "attention": info.get("attention", ""), **info.get("recipe", {})},
         fidelity={"reference": reference, "max_abs_diff": report["max_abs_diff"], "atol": report["atol"],
                   "passed": True},

@@ -51,20 +51,20 @@ def _ort():
     return ort
 
 
-def _nodes(graph):
+def all_nodes(graph):
     """Every node of `graph` and of the subgraphs its nodes hold (If branches), depth first."""
     for node in graph.node:
         yield node
         for attribute in node.attribute:
             for subgraph in ([attribute.g] if attribute.HasField("g") else []) + list(attribute.graphs):
-                yield from _nodes(subgraph)
+                yield from all_nodes(subgraph)
 
 
 def non_portable_ops(model) -> list[str]:
     """Ops of `model` (a ModelProto, If branches included) outside the standard domain that are not in
     PORTABLE_CONTRIB_OPS."""
     found = set()
-    for node in _nodes(model.graph):
+    for node in all_nodes(model.graph):
         if node.domain in ("", "ai.onnx"):
             continue
         if node.domain == "com.microsoft" and node.op_type in PORTABLE_CONTRIB_OPS:
@@ -77,7 +77,7 @@ def op_counts(model) -> dict[str, int]:
     """{op_type (domain-qualified when not standard): count} of the graph, If branches included (the
     attention of every layer sits in one)."""
     counts: dict[str, int] = {}
-    for node in _nodes(model.graph):
+    for node in all_nodes(model.graph):
         key = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}:{node.op_type}"
         counts[key] = counts.get(key, 0) + 1
     return dict(sorted(counts.items()))
@@ -93,11 +93,18 @@ def save_optimized(model, onnx_path: Path) -> dict[str, int]:
     ort = _ort()
     onnx_path = Path(onnx_path)
     raw = onnx_path.with_name(onnx_path.name + ".unoptimized")
+    onnx_path.with_name(onnx_path.name + ".data").unlink(missing_ok=True)  # no stale weights from an earlier export
     try:
         onnx.save_model(model, str(raw))
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         options.optimized_model_filepath = str(onnx_path)
+        # Weights beside the graph (<file>.data): ORT reads such a file straight into its buffers instead
+        # of parsing one protobuf message that holds them (quantize.graph.save_variant says what it saves).
+        options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
+                                         onnx_path.name + ".data")
+        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
+                                         "1024")
         options.log_severity_level = 3
         try:
             ort.InferenceSession(str(raw), options, providers=["CPUExecutionProvider"])

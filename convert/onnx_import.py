@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
 
 from gte_onnx.errors import ModelFolderError, UnsupportedModelError, VariantError
-from gte_onnx.manifest import FORMAT_VERSION, Manifest, Variant, describe_file
+from gte_onnx.manifest import FORMAT_VERSION, Manifest, Variant, describe_data_files, describe_file
 
 from .checkpoint_meta import (
     SENTENCE_TRANSFORMERS_FILES,
@@ -214,6 +214,7 @@ def synthesize_manifest(
         variants[name] = Variant(
             name=name, file=file, sha256=described["sha256"], bytes=described["bytes"],
             data_files=data_files.get(name, ()),
+            data_integrity=describe_data_files(out, data_files.get(name, ())),
             recipe={"imported_from": file, "layout": layout_of(graphs), "gate_kind": _gate_kind(name, out / file)},
             fidelity=_fp32_record() if name == "fp32" else {}, providers=providers,
         )

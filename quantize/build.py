@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gte_onnx.errors import ModelFolderError
-from gte_onnx.manifest import Manifest, Variant, describe_file, verify_variant
+from gte_onnx.manifest import Manifest, Variant, describe_data_files, describe_file, verify_variant
 
 from .int8 import Int8Options
 from .q4 import Q4Options
@@ -146,18 +146,19 @@ def quantize_folder(
         recipe = {**recipe, "build_seconds": round(time.perf_counter() - started, 1)}
         described = describe_file(folder, file_name)
         variant = Variant(name=name, file=file_name, sha256=described["sha256"], bytes=described["bytes"],
-                          data_files=tuple(data_files), recipe=recipe, fidelity={}, providers=providers)
+                          data_files=tuple(data_files), data_integrity=describe_data_files(folder, data_files),
+                          recipe=recipe, fidelity={}, providers=providers)
         manifest = Manifest.load(folder).with_variant(variant)  # re-read: keep concurrent changes
         manifest.save(folder)
         if baseline is None:
-            log(f"{name}: {described['bytes'] / 1e6:.1f} MB, not measured (--eval none): auto will not pick it")
+            log(f"{name}: {variant.total_bytes / 1e6:.1f} MB, not measured (--eval none): auto will not pick it")
             continue
         from .fidelity import measure_variant
 
         fidelity = measure_variant(folder, name, baseline, providers, options.threads, options.gate_overrides)
         manifest = Manifest.load(folder).with_variant(_replace_fidelity(variant, fidelity))
         manifest.save(folder)
-        log(_summary(name, described["bytes"], fidelity))
+        log(_summary(name, variant.total_bytes, fidelity))
     return manifest
 
 

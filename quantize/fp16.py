@@ -7,6 +7,8 @@
 - Rotary angles stay in float32: the exporter computes cos/sin of position * inv_freq in the graph, and
   in fp16 a position near 8192 is only exact to +-4, so the angle (and the attention) would be wrong at
   long inputs. Cos, Sin and the float nodes feeding them are blocked; only their outputs are cast down.
+- The standard Attention ops (the writer's short local layers) become com.microsoft MultiHeadAttention,
+  same inputs and result: ORT 1.32's CUDA Attention runs unfused (no flash or memory-efficient kernel).
 - Mask constants are made fp16-safe first: -inf or float32's finfo.min (-3.4e38, which the converter
   clamps to -65504) plus a negative score saturates to -inf in fp16, and a query row whose keys are all
   masked (a padding row) then gives softmax NaN, which mean pooling multiplies by zero and keeps (NaN*0
@@ -150,9 +152,46 @@ def typed_for_conversion(model) -> tuple[Any, bool]:
     return SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True), True
 
 
+_ATTENTION_ATTRIBUTES = {"q_num_heads", "kv_num_heads", "scale"}
+# Attributes ORT writes out at their defaults when it saves a graph; any other value is not matched.
+_ATTENTION_DEFAULTS = {"is_causal": 0, "qk_matmul_output_mode": 0, "softcap": 0.0, "softmax_precision": 0}
+
+
+def attention_for_cuda(model) -> int:
+    """Rewrite each standard Attention node of `model` (If branches included) that MultiHeadAttention can
+    run, in place, as MultiHeadAttention; returns how many. Matched: 3D inputs (q_num_heads given), as many
+    key as query heads, no past/present state, attributes only q_num_heads, kv_num_heads, scale (and others
+    at their defaults). The mask
+    becomes MultiHeadAttention's additive attention bias, which must be 4D: the writer's (B, 1, L, L) is."""
+    from onnx import helper
+
+    from gte_onnx.convert.graph_optimize import all_nodes
+
+    rewritten = 0
+    for node in all_nodes(model.graph):
+        if node.op_type != "Attention" or node.domain not in ("", "ai.onnx"):
+            continue
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        if any(attributes.pop(name) != default for name, default in _ATTENTION_DEFAULTS.items() if name in attributes):
+            continue
+        heads = attributes.get("q_num_heads", 0)
+        if (set(attributes) - _ATTENTION_ATTRIBUTES or not heads or attributes.get("kv_num_heads") != heads
+                or len(node.input) not in (3, 4) or len(node.output) != 1):
+            continue
+        inputs = list(node.input[:3]) + (["", "", node.input[3]] if len(node.input) == 4 and node.input[3] else [])
+        extra = {"scale": attributes["scale"]} if "scale" in attributes else {}
+        node.CopyFrom(helper.make_node("MultiHeadAttention", inputs, list(node.output), name=node.name,
+                                       domain="com.microsoft", num_heads=heads, **extra))
+        rewritten += 1
+    if rewritten and not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return rewritten
+
+
 def convert_to_fp16(model) -> tuple[Any, dict[str, Any]]:
     """The fp16 model (a new proto) and the recipe entries describing the conversion."""
     float16 = _float16_module()
+    attention_rewritten = attention_for_cuda(model)
     safe_constants = make_mask_constants_safe(model)
     present = {node.op_type for node in model.graph.node}
     blocked = sorted(present & set(FLOAT32_OPS))
@@ -173,6 +212,7 @@ def convert_to_fp16(model) -> tuple[Any, dict[str, Any]]:
         "ops_kept_float32": blocked,
         "rotary_angle_nodes_kept_float32": len(rotary),
         "mask_constants_made_safe": safe_constants,
+        "attention_ops_as_multiheadattention": attention_rewritten,
         "safe_mask_value": SAFE_MASK_VALUE,
         "converter": "onnxruntime.transformers.float16",
         "types_from": "onnxruntime symbolic shape inference" if symbolic else "onnx shape inference",
@@ -187,7 +227,7 @@ def make_fp16(src, dst) -> tuple[dict[str, Any], tuple[str, ...]]:
     converted, recipe = convert_to_fp16(model)
     recipe = {"kind": "fp16", **recipe, "graph_changes": prepared,
               "op_counts": graph.op_counts(converted), "tools": graph.tool_versions()}
-    return recipe, graph.save_model(converted, dst)
+    return recipe, graph.save_variant(converted, dst)
 
 
 def make_q4f16(src, dst, options, exact_rows=(), calibration_feeds=None) -> tuple[dict[str, Any], tuple[str, ...]]:
@@ -199,4 +239,4 @@ def make_q4f16(src, dst, options, exact_rows=(), calibration_feeds=None) -> tupl
     converted, fp16_recipe = convert_to_fp16(model)
     recipe = {**q4_recipe, **fp16_recipe, "kind": "q4f16",
               "op_counts": graph.op_counts(converted), "tools": graph.tool_versions()}
-    return recipe, graph.save_model(converted, dst)
+    return recipe, graph.save_variant(converted, dst)

@@ -137,7 +137,8 @@ def make_int8(
         inside = (f"per token and block of {options.block_size} inside MatMulNBits ({roles})"
                   if options.per_token_kernel == "nbits" else f"per token, symmetric uint8 ({roles})")
         activations = f"{activations}; {inside}" if activations else inside
-    data_files = graph.save_model(result, dst)
+    data_files = graph.save_variant(result, dst, cpu_optimized=True)
+    saved = graph.import_onnx().load(str(dst), load_external_data=False)
     recipe = {
         "kind": "int8",
         "method": options.method,
@@ -154,7 +155,9 @@ def make_int8(
         "embedding_table": table,
         "smoothing": smoothing,
         "graph_changes": prepared,
-        "op_counts": graph.op_counts(result),
+        "op_counts": graph.op_counts(saved),
+        # Saved as ORT's CPU EP optimises it (graph.save_variant): loaded with optimisations off.
+        "session_optimization": "none",
         "tools": graph.tool_versions(),
     }
     return recipe, data_files

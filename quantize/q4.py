@@ -193,4 +193,4 @@ def make_q4(
     recipe["float_matmul_weight_bytes_left"] = graph.float_weight_bytes(model, options.min_weight_elements)
     recipe["op_counts"] = graph.op_counts(model)
     recipe["tools"] = graph.tool_versions()
-    return recipe, graph.save_model(model, dst)
+    return recipe, graph.save_variant(model, dst)

@@ -238,7 +238,7 @@ def info_main(argv: list[str]) -> int:
           + (" (random weights)" if manifest.source.get("random_weights") else ""))
     for name, v in manifest.variants.items():
         gate = "passes" if v.passes_gate() else "FAILS/unmeasured"
-        print(f"  {name:<8} {v.file:<22} {v.bytes / 1e6:8.1f} MB  gate {gate}")
+        print(f"  {name:<8} {v.file:<22} {v.total_bytes / 1e6:8.1f} MB  gate {gate}")
     for provider, ranking in manifest.speed_ranking.items():
         print(f"  fastest on {provider}: {', '.join(ranking)}")
     return 0

@@ -131,7 +131,7 @@ def explain_auto(manifest: Manifest, provider: str) -> dict[str, Any]:
 
 def folder_report(folder: Path) -> dict[str, Any]:
     manifest = Manifest.load(folder)
-    variants = {name: {"file": v.file, "bytes": v.bytes, "passes_gate": v.passes_gate(),
+    variants = {name: {"file": v.file, "bytes": v.total_bytes, "passes_gate": v.passes_gate(),
                        "providers": list(v.providers)} for name, v in manifest.variants.items()}
     return {"folder": str(folder), "task": manifest.task, "variants": variants,
             "auto": {p: explain_auto(manifest, p) for p in (CPU, CUDA)}}

@@ -11,9 +11,10 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from .errors import IntegrityError, ModelFolderError, VariantError
 from .jsonfields import INT32_MAX, INT64_MAX, Fields, is_int, read_json_object
@@ -34,12 +35,21 @@ class Variant:
     bytes: int
     # Files the ONNX file reads its weights from (external data), relative to the folder.
     data_files: tuple[str, ...] = ()
+    # sha256 and size of each data file ({file: {"sha256": ..., "bytes": ...}}), checked like `file`'s.
+    # Manifests written before weights moved beside the graph lack it: their data files are only
+    # checked for presence.
+    data_integrity: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     # How the variant was made: op types quantized, per-channel, block size, nodes kept in float...
     recipe: Mapping[str, Any] = field(default_factory=dict)
     # Figures measured against fp32 (or PyTorch for fp32) when the variant was made, and the gate verdict.
     fidelity: Mapping[str, Any] = field(default_factory=dict)
     # Execution providers this variant is meant for, best first (fp16 -> CUDA; int8 -> CPU).
     providers: tuple[str, ...] = ()
+
+    @property
+    def total_bytes(self) -> int:
+        """The graph file and its data files, as far as the manifest records their sizes."""
+        return self.bytes + sum(int(entry["bytes"]) for entry in self.data_integrity.values())
 
     def passes_gate(self) -> bool:
         """True unless the recorded fidelity says the variant failed its gate.
@@ -55,6 +65,7 @@ class Variant:
         out = dataclasses.asdict(self)
         out.pop("name")
         out["data_files"] = list(self.data_files)
+        out["data_integrity"] = {name: dict(entry) for name, entry in self.data_integrity.items()}
         out["providers"] = list(self.providers)
         return out
 
@@ -190,16 +201,34 @@ def _variant_from_json(name: str, data: Any, where: str) -> Variant:
             f"{where}: variant {name!r} recipe.session_optimization must be one of "
             f"{', '.join(SESSION_OPTIMIZATIONS)}, got {level!r}"
         )
+    data_files = fields.file_names("data_files", ())
     return Variant(
         name=name,
         file=fields.file_name("file"),
         sha256=fields.string("sha256"),
         bytes=fields.integer("bytes", maximum=INT64_MAX),
-        data_files=fields.file_names("data_files", ()),
+        data_files=data_files,
+        data_integrity=_data_integrity(fields.mapping("data_integrity", {}), data_files, name, where),
         recipe=recipe,
         fidelity=fields.mapping("fidelity", {}),
         providers=fields.strings("providers", (), allow_empty=True),
     )
+
+
+def _data_integrity(data: Mapping[str, Any], data_files: tuple[str, ...], name: str, where: str) -> dict[str, dict]:
+    """{data file: {"sha256", "bytes"}}, each entry naming one of the variant's data files."""
+    out = {}
+    for file, entry in data.items():
+        if file not in data_files:
+            raise ModelFolderError(f"{where}: variant {name!r} data_integrity names {file!r}, which is not "
+                                   f"one of its data_files {list(data_files)}")
+        fields = Fields(entry, where, f"variant {name!r} data_integrity[{file!r}]")
+        digest = fields.string("sha256")
+        if not re.fullmatch(r"[0-9a-f]{64}", digest):
+            raise ModelFolderError(f"{where}: variant {name!r} data_integrity[{file!r}].sha256 must be 64 "
+                                   f"lowercase hex digits, got {digest!r}")
+        out[file] = {"sha256": digest, "bytes": fields.integer("bytes", maximum=INT64_MAX)}
+    return out
 
 
 def _speed_ranking(data: Mapping[str, Any], where: str) -> dict[str, tuple[str, ...]]:
@@ -223,6 +252,15 @@ def describe_file(folder: str | os.PathLike, relative: str) -> dict[str, Any]:
     return {"file": relative, "sha256": sha256_file(path), "bytes": path.stat().st_size}
 
 
+def describe_data_files(folder: str | os.PathLike, names: Sequence[str]) -> dict[str, dict[str, Any]]:
+    """The data_integrity entries of a variant's external data files."""
+    out = {}
+    for name in names:
+        described = describe_file(folder, name)
+        out[name] = {"sha256": described["sha256"], "bytes": described["bytes"]}
+    return out
+
+
 def resolve_inside(folder: str | os.PathLike, relative: str) -> Path:
     """The path of a file named by the manifest or by ONNX external data, refusing any that escapes.
 
@@ -238,6 +276,26 @@ def resolve_inside(folder: str | os.PathLike, relative: str) -> Path:
     return target
 
 
+def _check_file(path: Path, variant: Variant, relative: str, size: int, sha256: str, file_digest) -> None:
+    """Size, then sha256 (from the verified-file cache while the file's stat is unchanged)."""
+    try:
+        actual = path.stat().st_size
+        if actual != size:
+            raise IntegrityError(
+                f"variant {variant.name!r}: {relative} has {actual} bytes but the manifest says {size}"
+            )
+        digest = file_digest(path, sha256_file)
+    except OSError as exc:  # present but unreadable: permissions, an I/O error, a file that vanished
+        raise ModelFolderError(
+            f"variant {variant.name!r}: cannot read {path} to check its sha256 ({exc.strerror or exc})"
+        ) from exc
+    if digest != sha256:
+        raise IntegrityError(
+            f"variant {variant.name!r}: sha256 of {relative} is {digest}, the manifest says "
+            f"{sha256}; the file was changed or corrupted"
+        )
+
+
 def verify_variant(folder: str | os.PathLike, variant: Variant) -> Path:
     """Check the variant's file against the manifest (size, then sha256) and return its path. The digest
     of a file whose stat has not changed since it was last hashed comes from the verified-file cache."""
@@ -246,23 +304,12 @@ def verify_variant(folder: str | os.PathLike, variant: Variant) -> Path:
     path = resolve_inside(folder, variant.file)
     if not path.is_file():
         raise ModelFolderError(f"variant {variant.name!r}: file {variant.file} is missing from {folder}")
-    try:
-        size = path.stat().st_size
-        if size != variant.bytes:
-            raise IntegrityError(
-                f"variant {variant.name!r}: {variant.file} has {size} bytes but the manifest says {variant.bytes}"
-            )
-        digest = file_digest(path, sha256_file)
-    except OSError as exc:  # present but unreadable: permissions, an I/O error, a file that vanished
-        raise ModelFolderError(
-            f"variant {variant.name!r}: cannot read {path} to check its sha256 ({exc.strerror or exc})"
-        ) from exc
-    if digest != variant.sha256:
-        raise IntegrityError(
-            f"variant {variant.name!r}: sha256 of {variant.file} is {digest}, the manifest says "
-            f"{variant.sha256}; the file was changed or corrupted"
-        )
+    _check_file(path, variant, variant.file, variant.bytes, variant.sha256, file_digest)
     for data_file in variant.data_files:
-        if not resolve_inside(folder, data_file).is_file():
+        data_path = resolve_inside(folder, data_file)
+        if not data_path.is_file():
             raise ModelFolderError(f"variant {variant.name!r}: external data {data_file} is missing")
+        entry = variant.data_integrity.get(data_file)
+        if entry is not None:
+            _check_file(data_path, variant, data_file, entry["bytes"], entry["sha256"], file_digest)
     return path

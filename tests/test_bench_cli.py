@@ -78,7 +78,8 @@ def test_short_run_json_schema(short_run):
         _check(contender, CONTENDER, f"contender {contender['key']}")
         assert contender["error"] is None
     onnx = {c["key"]: c for c in result["contenders"] if c["kind"] == "onnx"}
-    assert onnx["fp32"]["file_bytes"] == (Path(result["model"]["folder"]) / "model.onnx").stat().st_size
+    folder = Path(result["model"]["folder"])
+    assert onnx["fp32"]["file_bytes"] == sum((folder / f).stat().st_size for f in ("model.onnx", "model.onnx.data"))
     assert onnx["fp32"]["info"]["threads"] == 1 and onnx["fp32"]["info"]["provider"] == CPU
     # 4 contenders x (2 shapes + the corpus)
     assert len(result["results"]) == 12

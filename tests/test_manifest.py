@@ -67,6 +67,57 @@ def test_sha256_mismatch_is_refused(tiny_gte_dir, tmp_path):
         Embedder(folder)
 
 
+def _with_weights_beside(tiny_gte_dir, tmp_path):
+    """A copy of the tiny folder whose fp32 graph keeps its weights in model.onnx.data, recorded as
+    quantize records them."""
+    onnx = pytest.importorskip("onnx")
+    from gte_onnx.manifest import describe_data_files
+    from gte_onnx.quantize.graph import save_variant
+    import dataclasses
+
+    folder = _copy(tiny_gte_dir, tmp_path)
+    (folder / "model.onnx").unlink()  # replaced by the same graph with its weights beside it
+    data_files = save_variant(onnx.load(tiny_gte_dir / "model.onnx"), folder / "model.onnx")
+    manifest = Manifest.load(folder)
+    fp32 = manifest.variants["fp32"]
+    described = describe_file(folder, "model.onnx")
+    fp32 = dataclasses.replace(fp32, sha256=described["sha256"], bytes=described["bytes"], data_files=data_files,
+                               data_integrity=describe_data_files(folder, data_files))
+    manifest.with_variant(fp32).save(folder)
+    return folder
+
+
+def test_weights_beside_the_graph_are_checked_like_the_graph(tiny_gte_dir, tmp_path):
+    from gte_onnx import Embedder
+
+    folder = _with_weights_beside(tiny_gte_dir, tmp_path)
+    reference = Embedder(tiny_gte_dir).encode(["one text"])
+    np.testing.assert_array_equal(Embedder(folder).encode(["one text"]), reference)
+    assert json.loads((folder / MANIFEST_NAME).read_text())["variants"]["fp32"]["data_integrity"]
+    data = bytearray((folder / "model.onnx.data").read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, one flipped byte in the weights
+    (folder / "model.onnx.data").write_bytes(bytes(data))
+    with pytest.raises(IntegrityError, match="sha256 of model.onnx.data"):
+        Embedder(folder)
+    (folder / "model.onnx.data").write_bytes(bytes(data[:-8]))
+    with pytest.raises(IntegrityError, match="model.onnx.data has"):
+        Embedder(folder)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda v: v["data_integrity"].update({"other.data": v["data_integrity"]["model.onnx.data"]}),
+     "names 'other.data', which is not one of its data_files"),
+    (lambda v: v["data_integrity"]["model.onnx.data"].update(sha256="ABC"), "64 lowercase hex digits"),
+    (lambda v: v["data_integrity"]["model.onnx.data"].pop("bytes"), "bytes"),
+])
+def test_malformed_data_integrity_is_a_model_folder_error(tiny_gte_dir, tmp_path, change, message):
+    folder = _with_weights_beside(tiny_gte_dir, tmp_path)
+    data = json.loads((folder / MANIFEST_NAME).read_text())
+    change(data["variants"]["fp32"])
+    with pytest.raises(ModelFolderError, match=message):
+        Manifest.from_json(data)
+
+
 def test_external_data_outside_the_folder_is_refused(tmp_path):
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper

@@ -39,6 +39,12 @@ def quantized(tiny_gte_dir, tmp_path_factory) -> Path:
     return folder
 
 
+def _on_disk(folder: Path, name: str) -> int:
+    """Bytes of a variant's graph and data files."""
+    variant = Manifest.load(folder).variants[name]
+    return sum((folder / f).stat().st_size for f in (variant.file, *variant.data_files))
+
+
 def _load(folder: Path, name: str):
     return onnx.load(str(folder / Manifest.load(folder).variants[name].file))
 
@@ -57,6 +63,11 @@ def test_each_variant_is_written_recorded_and_loads_with_float32_io(quantized, n
     assert variant.file == f"model_{name}.onnx"
     assert describe_file(quantized, variant.file) == {"file": variant.file, "sha256": variant.sha256,
                                                      "bytes": variant.bytes}
+    # the weights sit beside the graph (a faster session start), and the manifest vouches for them too
+    assert variant.data_files == (f"{variant.file}.data",)
+    data = describe_file(quantized, variant.data_files[0])
+    assert variant.data_integrity == {data["file"]: {"sha256": data["sha256"], "bytes": data["bytes"]}}
+    assert data["bytes"] > 10 * variant.bytes
     assert variant.recipe["kind"] == name and variant.recipe["tools"]["onnxruntime"]
     assert variant.providers == (("CUDAExecutionProvider",) if name == "fp16" else ("CPUExecutionProvider",))
     fidelity = variant.fidelity
@@ -140,7 +151,7 @@ def test_q4_recipe_matmulnbits_and_no_large_float_weights_left(quantized):
     # The 50368-row embedding table is 4-bit (GatherBlockQuantized), special-token rows kept exact.
     assert _table_4bit(model) == [50368, 64] and not _table_gathers(model)
     assert recipe["embedding_table"]["bits"] == 4 and recipe["embedding_table"]["rows_kept_exact"]
-    assert (quantized / "model_q4.onnx").stat().st_size < 0.2 * (quantized / "model.onnx").stat().st_size
+    assert _on_disk(quantized, "q4") < 0.2 * _on_disk(quantized, "fp32")
 
 
 def _fused_splits(model) -> list:
@@ -177,7 +188,18 @@ def test_int8_recipe_every_linear_layer_per_token_one_gemm_per_part_and_4bit_tab
     assert recipe["per_channel"] is True and recipe["method"] == "dynamic"
     assert _table_4bit(model) == [50368, 64] and recipe["embedding_table"]["bits"] == 4
     assert float_weight_bytes(model, MIN_WEIGHT_ELEMENTS) == 0
-    assert (quantized / "model_int8.onnx").stat().st_size < 0.3 * (quantized / "model.onnx").stat().st_size
+    assert _on_disk(quantized, "int8") < 0.3 * _on_disk(quantized, "fp32")
+    # Saved as ORT's CPU EP optimises it, so it loads with optimisations off and gives the same numbers
+    assert recipe["session_optimization"] == "none"
+    feeds = {"input_ids": np.array([[1, 2000, 3000, 4000, 2], [1, 2500, 2, 0, 0]], np.int64),
+             "attention_mask": np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], np.int64)}
+    outputs = []
+    for level in (ort.GraphOptimizationLevel.ORT_DISABLE_ALL, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+        options = ort.SessionOptions()
+        options.graph_optimization_level = level
+        session = ort.InferenceSession(str(quantized / "model_int8.onnx"), options, providers=["CPUExecutionProvider"])
+        outputs.append(session.run(None, feeds)[0])
+    np.testing.assert_array_equal(outputs[0], outputs[1])
 
 
 @pytest.mark.parametrize("name", EMBED_VARIANTS)
@@ -195,6 +217,54 @@ def test_a_text_alone_equals_it_inside_a_padded_batch_in_every_variant(quantized
         alone = model.encode([text])[0]
         assert np.abs(alone - together[i]).max() <= 1e-6, (name, i)
         assert np.abs(alone - pairs[i]).max() <= 1e-6, (name, i)
+
+
+def _attention_ops(model) -> dict[str, int]:
+    from gte_onnx.convert.graph_optimize import op_counts as all_op_counts
+
+    counts = all_op_counts(model)
+    return {"Attention": counts.get("Attention", 0), "MultiHeadAttention": counts.get("com.microsoft:MultiHeadAttention", 0)}
+
+
+def test_cpu_variants_keep_the_standard_attention_and_fp16_gets_multiheadattention(quantized):
+    """The short local layers' band-masked attention: the standard Attention op on the CPU variants (faster on
+    ORT's CPU EP), com.microsoft MultiHeadAttention in the CUDA variant (ORT's CUDA Attention is unfused)."""
+    fp32 = _attention_ops(_load(quantized, "fp32"))
+    assert fp32["Attention"] > 0
+    for name in ("int8", "q4"):
+        assert _attention_ops(_load(quantized, name)) == fp32, name
+    assert _attention_ops(_load(quantized, "fp16")) == {
+        "Attention": 0, "MultiHeadAttention": fp32["MultiHeadAttention"] + fp32["Attention"]}
+    assert Manifest.load(quantized).variants["fp16"].recipe["attention_ops_as_multiheadattention"] == fp32["Attention"]
+
+
+def _attention_graph(**attributes):
+    from onnx import TensorProto, helper
+
+    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("q", "k", "v", "mask")]
+    node = helper.make_node("Attention", ["q", "k", "v", "mask"], ["out"], **attributes)
+    graph = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+
+
+def test_attention_for_cuda_gives_the_same_result_and_leaves_what_it_cannot_run():
+    from gte_onnx.quantize.fp16 import attention_for_cuda
+
+    rng = np.random.default_rng(0)
+    feeds = {n: rng.standard_normal((2, 5, 8), dtype=np.float32) for n in ("q", "k", "v")}
+    feeds["mask"] = np.where(rng.random((2, 1, 5, 5)) < 0.3, -1e4, 0).astype(np.float32)
+    model = _attention_graph(q_num_heads=2, kv_num_heads=2, scale=0.3, is_causal=0, softcap=0.0)
+    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    assert attention_for_cuda(model) == 1
+    assert [(n.domain, n.op_type) for n in model.graph.node] == [("com.microsoft", "MultiHeadAttention")]
+    assert list(model.graph.node[0].input) == ["q", "k", "v", "", "", "mask"]
+    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    for attributes in ({}, {"q_num_heads": 4, "kv_num_heads": 2}, {"q_num_heads": 2, "kv_num_heads": 2, "is_causal": 1},
+                       {"q_num_heads": 2, "kv_num_heads": 2, "softcap": 30.0}):
+        untouched = _attention_graph(**attributes)
+        assert attention_for_cuda(untouched) == 0, attributes
+        assert untouched.graph.node[0].op_type == "Attention"
 
 
 def test_fp16_keeps_layernorm_in_float32(quantized):

@@ -244,19 +244,30 @@ def _with_external_data(src: Path, dst: Path, location: str) -> None:
 
 
 @pytest.fixture(scope="session")
-def quantized_graph(tiny_gte_dir, tmp_path_factory) -> Path:
+def inline_graph(tiny_gte_dir, tmp_path_factory) -> Path:
+    """The tiny fp32 graph as one file, weights inline, as most hub repos ship small models (gte-onnx's own
+    folders keep them in model.onnx.data)."""
+    import onnx
+
+    out = tmp_path_factory.mktemp("inline") / "model.onnx"
+    onnx.save_model(onnx.load(str(tiny_gte_dir / "model.onnx")), str(out))
+    return out
+
+
+@pytest.fixture(scope="session")
+def quantized_graph(tiny_gte_dir, inline_graph, tmp_path_factory) -> Path:
     """A dynamic-int8 file as transformers.js and optimum make them (onnxruntime's quantize_dynamic)."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     out = tmp_path_factory.mktemp("quantized") / "model_quantized.onnx"
-    quantize_dynamic(str(tiny_gte_dir / "model.onnx"), str(out), weight_type=QuantType.QUInt8)
+    quantize_dynamic(str(inline_graph), str(out), weight_type=QuantType.QUInt8)
     return out
 
 
-def test_transformers_js_repo_is_imported_with_measured_variants(hub, downloads, tiny_checkpoint, tiny_gte_dir,
+def test_transformers_js_repo_is_imported_with_measured_variants(hub, downloads, tiny_checkpoint, tiny_gte_dir, inline_graph,
                                                                   quantized_graph, tmp_path):
     fp32 = tmp_path / "js" / "model.onnx"
-    _with_external_data(tiny_gte_dir / "model.onnx", fp32, "model.onnx_data")
+    _with_external_data(inline_graph, fp32, "model.onnx_data")
     files = {**meta_files(tiny_checkpoint), "onnx/model.onnx": fp32, "onnx/model.onnx_data": fp32.parent / "model.onnx_data",
              "onnx/model_quantized.onnx": quantized_graph, "onnx/model_q4.onnx": b"never fetched"}
     commit = hub.add("org/tiny-js", files)
@@ -278,8 +289,8 @@ def test_transformers_js_repo_is_imported_with_measured_variants(hub, downloads,
     np.testing.assert_allclose(fp32, want, atol=1e-6)
 
 
-def test_optimum_repo_with_source_onnx_skips_conversion(hub, tiny_checkpoint, tiny_gte_dir):
-    files = {**meta_files(tiny_checkpoint), "model.onnx": tiny_gte_dir / "model.onnx",
+def test_optimum_repo_with_source_onnx_skips_conversion(hub, tiny_checkpoint, tiny_gte_dir, inline_graph):
+    files = {**meta_files(tiny_checkpoint), "model.onnx": inline_graph,
              "model.safetensors": tiny_checkpoint / "model.safetensors"}
     commit = hub.add("org/tiny-optimum", files)
     got, model = embed("org/tiny-optimum", source="onnx")
@@ -300,12 +311,12 @@ def test_without_an_fp32_file_auto_never_picks_an_unmeasured_variant(hub, tiny_c
     assert not model.manifest.variants["quantized"].passes_gate()
 
 
-def test_gte_onnx_import_writes_a_folder_for_bench_and_parity(tiny_checkpoint, tiny_gte_dir, quantized_graph, tmp_path):
+def test_gte_onnx_import_writes_a_folder_for_bench_and_parity(tiny_checkpoint, tiny_gte_dir, inline_graph, quantized_graph, tmp_path):
     from gte_onnx.cli import main
     from gte_onnx.manifest import Manifest
 
     src = tmp_path / "src"
-    for name, path in {**meta_files(tiny_checkpoint), "model.onnx": tiny_gte_dir / "model.onnx",
+    for name, path in {**meta_files(tiny_checkpoint), "model.onnx": inline_graph,
                        "model_quantized.onnx": quantized_graph}.items():
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, src / name)
@@ -349,11 +360,11 @@ def test_a_repo_with_neither_weights_nor_onnx_files(hub, tiny_checkpoint):
     assert "gte-onnx.json" in message and "transformers.js" in message
 
 
-def test_source_convert_on_an_onnx_only_repo(hub, tiny_checkpoint, tiny_gte_dir):
+def test_source_convert_on_an_onnx_only_repo(hub, tiny_checkpoint, tiny_gte_dir, inline_graph):
     from gte_onnx.errors import UnsupportedModelError
     from gte_onnx.resolve import resolve_model
 
-    hub.add("org/onnx-only", {**meta_files(tiny_checkpoint), "model.onnx": tiny_gte_dir / "model.onnx"})
+    hub.add("org/onnx-only", {**meta_files(tiny_checkpoint), "model.onnx": inline_graph})
     with pytest.raises(UnsupportedModelError, match="source='convert'"):
         resolve_model("org/onnx-only", source="convert", variant=None)
 
@@ -424,10 +435,13 @@ def test_a_reranker_repo_of_onnx_files_serves_reranker(hub, tiny_reranker_dir):
 
     shipped = SHIPPED_MODEL_FILES / "Alibaba-NLP" / "gte-reranker-modernbert-base"
     files = {name: shipped / name for name in META if (shipped / name).is_file()}
-    hub.add("org/tiny-reranker", {**files, "onnx/model.onnx": tiny_reranker_dir / "model.onnx"})
+    hub.add("org/tiny-reranker", {**files, "onnx/model.onnx": tiny_reranker_dir / "model.onnx",
+                                  "onnx/model.onnx.data": tiny_reranker_dir / "model.onnx.data"})
     pairs = [("what is the capital of China?", "Beijing"), ("what is the capital of China?", "sorting algorithms")]
     model = Reranker("org/tiny-reranker", threads=1)
     assert model.manifest.task == "rerank" and model.manifest.output == "logits" and model.manifest.pooling == "none"
+    fp32 = model.manifest.variants["fp32"]  # the weights beside the graph came along and are vouched for
+    assert fp32.data_files == ("onnx/model.onnx.data",) and set(fp32.data_integrity) == {"onnx/model.onnx.data"}
     np.testing.assert_allclose(model.predict(pairs), Reranker(tiny_reranker_dir, threads=1).predict(pairs), atol=1e-6)
 
 
@@ -435,7 +449,8 @@ def test_a_bert_optimum_repo_declares_token_type_ids_and_mean_pooling(hub, minil
     from .conftest import minilm_checkpoint
 
     checkpoint = minilm_checkpoint()
-    hub.add("org/minilm-optimum", {**meta_files(checkpoint), "model.onnx": minilm_dir / "model.onnx"})
+    hub.add("org/minilm-optimum", {**meta_files(checkpoint), "model.onnx": minilm_dir / "model.onnx",
+                                   "model.onnx.data": minilm_dir / "model.onnx.data"})
     got, model = embed("org/minilm-optimum")
     manifest = model.manifest
     assert manifest.inputs == ("input_ids", "attention_mask", "token_type_ids") and manifest.pooling == "mean"
@@ -444,12 +459,12 @@ def test_a_bert_optimum_repo_declares_token_type_ids_and_mean_pooling(hub, minil
     np.testing.assert_allclose(got, want, atol=1e-6)
 
 
-def test_gte_onnx_import_of_a_hub_id_downloads_only_the_named_variants(hub, downloads, tiny_checkpoint, tiny_gte_dir,
+def test_gte_onnx_import_of_a_hub_id_downloads_only_the_named_variants(hub, downloads, tiny_checkpoint, tiny_gte_dir, inline_graph,
                                                                         tmp_path):
     from gte_onnx.cli import main
     from gte_onnx.manifest import Manifest
 
-    hub.add("org/to-import", {**meta_files(tiny_checkpoint), "onnx/model.onnx": tiny_gte_dir / "model.onnx",
+    hub.add("org/to-import", {**meta_files(tiny_checkpoint), "onnx/model.onnx": inline_graph,
                               "onnx/model_fp16.onnx": b"not wanted"})
     assert main(["import", "org/to-import", str(tmp_path / "out"), "--variants", "fp32", "--offline"]) == 0
     assert "onnx/model_fp16.onnx" not in downloads

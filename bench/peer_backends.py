@@ -276,17 +276,26 @@ class PeerBackend:
         precision = precision.to_string() if hasattr(precision, "to_string") else str(precision)
         return {"engine": "openvino", "openvino": ov.__version__, "inference_precision": precision}
 
-    def prepare(self, input_ids: np.ndarray) -> dict[str, np.ndarray]:
+    def prepare(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """The peer's feed: no mask means every position is a token (the bench's unpadded shapes); a
+        padded batch passes its mask (right padding, 1 for tokens), as a data-set evaluation does."""
         ids = np.ascontiguousarray(input_ids, dtype=np.int64)
-        return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+        if attention_mask is None:
+            mask = np.ones_like(ids)
+        else:
+            mask = np.ascontiguousarray(attention_mask, dtype=np.int64)
+            if mask.shape != ids.shape:
+                raise ValueError(f"attention_mask has shape {mask.shape}, input_ids {ids.shape}")
+        return {"input_ids": ids, "attention_mask": mask}
 
     def run(self, feed: Mapping[str, np.ndarray]) -> float:
         start = time.perf_counter()
         self._run(feed)
         return time.perf_counter() - start
 
-    def hidden(self, input_ids: np.ndarray) -> np.ndarray:
-        return np.asarray(self._run(self.prepare(input_ids)), dtype=np.float32)
+    def hidden(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
+        """The last hidden state (B, L, H); the caller pools it the way the model folder says."""
+        return np.asarray(self._run(self.prepare(input_ids, attention_mask)), dtype=np.float32)
 
     def run_corpus(self, texts: Sequence[str], batch_size: int) -> dict[str, Any]:
         raise RuntimeError("peers are measured on the shapes only")

@@ -86,3 +86,65 @@ def test_a_rerun_loads_the_cache_and_a_broken_peer_is_reported_not_fatal(peers_r
     assert row["error"] and row["median_s"] is None
     out = capsys.readouterr().out
     assert "failures:" in out and "openvino:" in out
+
+
+def _padded(rows):
+    import numpy as np
+
+    ids = np.zeros((len(rows), max(len(r) for r in rows)), dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, : len(r)], mask[i, : len(r)] = r, 1
+    return ids, mask
+
+
+def test_a_peer_honours_the_attention_mask_of_a_padded_batch(peers_run, tiny_gte_dir):
+    """PeerBackend.hidden(ids, mask): the tokens of a padded batch get what they get alone (the data-set
+    evaluation in dev/peer_data_fidelity.py batches peers this way)."""
+    import numpy as np
+    from gte_onnx.bench.peer_backends import PeerBackend
+    from gte_onnx.tokenize import TextTokenizer
+
+    _, _, work = peers_run
+    (cache,) = [p for p in (work / "cache").iterdir() if p.is_dir()]
+    rows = TextTokenizer.from_folder(tiny_gte_dir, 100).encode(["Beijing", "what is the capital of China? " * 4]).ids
+    ids, mask = _padded(rows)
+    for name in PEERS:
+        backend = PeerBackend({"peer": name, "cache": str(cache), "threads": 1})
+        backend.load()
+        batch = backend.hidden(ids, mask)
+        for i, row in enumerate(rows):
+            alone = backend.hidden(row[None, :])[0]
+            np.testing.assert_allclose(batch[i, : len(row)], alone, atol=2e-2 if "int8" in name else 1e-3,
+                                       err_msg=name)
+        with pytest.raises(ValueError, match="attention_mask has shape"):
+            backend.hidden(ids, mask[:, :-1])
+
+
+def test_the_openvino_peer_of_a_bert_checkpoint_pools_as_its_manifest_says(minilm_dir, tmp_path):
+    """A BERT checkpoint with mean pooling (all-MiniLM-L6-v2's real weights): the peer built from it,
+    pooled the folder's way over a padded batch, agrees with our fp32 Embedder."""
+    pytest.importorskip("openvino", reason="the [peers] extra (openvino, nncf) is not installed")
+    import numpy as np
+    from gte_onnx import Embedder
+    from gte_onnx.bench.peer_backends import PeerBackend, PeerBuilder
+    from gte_onnx.bench.torch_baseline import resolve_torch_spec
+    from gte_onnx.manifest import Manifest
+    from gte_onnx.pooling import l2_normalize, pool
+
+    manifest = Manifest.load(minilm_dir)
+    assert manifest.pooling == "mean"
+    spec = resolve_torch_spec("auto", manifest)
+    built = PeerBuilder({"cache": str(tmp_path), "folder": str(minilm_dir), "peers": ["openvino"],
+                         "torch": spec}).load()["built"]
+    assert built["openvino"].get("error") is None, built
+    backend = PeerBackend({"peer": "openvino", "cache": str(tmp_path), "threads": 1})
+    backend.load()
+    texts = ["Beijing", "what is the capital of China?", "how to implement quick sort in python? " * 6]
+    ours = Embedder(minilm_dir, threads=1)
+    ids, mask = _padded(ours.tokenizer.encode(texts).ids)
+    peer = l2_normalize(pool(manifest.pooling, backend.hidden(ids, mask), mask))
+    cos = np.sum(peer * ours.encode(texts, normalize=True), axis=1)
+    assert cos.min() > 0.999, cos  # bf16 on CPUs that have it, fp32 elsewhere
+    cls = l2_normalize(pool("cls", backend.hidden(ids, mask), mask))
+    assert np.sum(cls * ours.encode(texts, normalize=True), axis=1).min() < 0.99  # the pooling matters

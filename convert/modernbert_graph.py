@@ -4,18 +4,20 @@ The graph is written op by op from the transformers weights (no tracing), so eve
 chosen here:
 
 - Local (sliding-window) layers: the sequence is cut into blocks of w = local_attention // 2 tokens
-  (padded to a multiple of w with Mod + Pad). Block i attends to the 3w keys of blocks i-1, i, i+1 through
-  com.microsoft MultiHeadAttention with a (blocks, 1, w, 3w) bias holding the band |q - k| <= w and the key
-  padding, so memory and FLOPs grow as O(L * w): no tensor of a local layer has two sequence-length
-  dimensions. The key/value windows are gathered straight into the (blocks, heads, 3w, d) layout the
-  kernel reads, which spares it two transposed copies of those 3x-sized tensors.
+  (padded to a multiple of w with Mod + Pad). Block i attends to the 3w keys of blocks i-1, i, i+1 under
+  a (blocks, 1, w, 3w) mask holding the band |q - k| <= w and the key padding, so memory and FLOPs grow as
+  O(L * w): no tensor of a local layer has two sequence-length dimensions. From opset 23 the op is the
+  standard Attention (its CPU kernel runs a float mask in its tiled pass, where MultiHeadAttention with a
+  bias runs unfused) on windows gathered as (blocks, 3w, D) rows, no transpose; below opset 23 it is
+  com.microsoft MultiHeadAttention on windows gathered straight into its (blocks, heads, 3w, d) layout.
+  The CUDA variants get MultiHeadAttention back (quantize.fp16.attention_for_cuda): ORT 1.32's CUDA
+  Attention is unfused.
 - Global layers: MultiHeadAttention too, whose CPU kernel takes its flash path (tiled, O(L) memory) only
   when it gets no mask input. The key padding is therefore folded into the dot product: q gets an extra
   head dimension of 1 and k one of 0 (real token) or -1e6 (padding), so a padded key scores -1e6 * scale
   and gets exactly zero weight, while the real q.k sums are untouched. An If skips the extra dimension
   when the batch has no padding (every single text), where the kernel's head size stays 64.
-- Short local layers (up to 3w tokens) attend in one band-masked pass: the standard Attention op from
-  opset 23 (faster on ORT's CPU EP), MultiHeadAttention below it and in the CUDA variants.
+- Short local layers (up to 3w tokens) attend in one band-masked pass, with the same op choice.
 - Rotary embeddings: the opset-23 RotaryEmbedding op (plain ops below opset 23) on cos/sin of
   position * inv_freq computed in the graph for the actual length, with the rotary module's inv_freq, so
   no max_positions-sized table is stored; GeGLU as Gelu(up) * gate; LayerNormalization. ORT's
@@ -311,6 +313,7 @@ class _Writer(_LayerWriter):
         first = g.op("Range", [g.const(0), g.op("Squeeze", [blocks, g.const([0])]), g.const(1)])
         # window of block i = padded blocks i, i+1, i+2 (= blocks i-1, i, i+1 of the unpadded sequence)
         window_blocks = g.op("Add", [g.op("Unsqueeze", [first, g.const([1])]), g.const([[0, 1, 2]])])  # (nb, 3)
+        self.window_blocks = window_blocks
         # the same windows per head, as rows (block * heads + head) of a (B, (nb + 2) * heads, w * d) view
         self.window_rows = g.op(
             "Add",
@@ -374,10 +377,15 @@ class _Writer(_LayerWriter):
                     else_branch=g.branch("padded", padded))
 
     def local_windows(self, x: str) -> str:
-        """(B, L, D) keys or values -> (B * blocks, heads, 3w, d): each block's window, already in the
-        BNSH layout MultiHeadAttention reads without another transpose."""
+        """(B, L, D) keys or values -> each block's window: (B * blocks, 3w, D) for the standard Attention
+        op (opset 23: no transpose at all), else (B * blocks, heads, 3w, d), the BNSH layout
+        MultiHeadAttention reads without another transpose."""
         g, p = self.g, self.p
         w = p.window
+        if self.opset >= 23:
+            x = g.op("Reshape", [g.op("Pad", [x, self.pads_kv], mode="constant"), g.const([0, -1, w * p.hidden])])
+            x = g.op("Gather", [x, self.window_blocks], axis=1)  # (B, nb, 3, w * D)
+            return g.op("Reshape", [x, g.const([-1, 3 * w, p.hidden])])
         x = g.op("Reshape", [g.op("Pad", [x, self.pads_kv], mode="constant"), g.const([0, -1, w, p.heads, p.head_dim])])
         x = g.op("Reshape", [g.op("Transpose", [x], perm=[0, 1, 3, 2, 4]), g.const([0, -1, w * p.head_dim])])
         x = g.op("Gather", [x, self.window_rows], axis=1)  # (B, nb, heads, 3, w * d)
@@ -416,6 +424,10 @@ class _Writer(_LayerWriter):
         """Blocks of w queries attend to their 3w-key window under the band + padding bias."""
         g, p = self.g, self.p
         q = g.op("Reshape", [g.op("Pad", [q, self.pads_q], mode="constant"), g.const([-1, p.window, p.hidden])])
+        if self.opset >= 23:  # the standard Attention op, as in local_dense
+            out = g.op("Attention", [q, self.local_windows(k), self.local_windows(v), self.local_bias],
+                       q_num_heads=p.heads, kv_num_heads=p.heads, scale=1.0 / math.sqrt(p.head_dim))
+            return g.slice(g.op("Reshape", [out, self.back_shape]), 0, self.length, 1)  # (B, L, D)
         out = g.op(
             "MultiHeadAttention",
             [q, self.local_windows(k), self.local_windows(v), "", "", self.local_bias],

@@ -62,7 +62,9 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=1460)
     parser.add_argument("--variant", default="int8")
     parser.add_argument("--peers-python", default=sys.executable)
-    parser.add_argument("--only", nargs="*", default=["local", "ray", "openvino", "onnx"])
+    parser.add_argument("--only", nargs="*", default=["local", "workers", "ray", "openvino", "onnx"])
+    parser.add_argument("--workers", type=int, default=2, help="processes of the 'workers' contender (each with "
+                        "cores/N threads; the documents go out in shards of docs/(2N))")
     parser.add_argument("--timeout", type=float, default=900)
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-cisi-"))
@@ -76,6 +78,12 @@ def main() -> None:
         if "local" in args.only:
             seconds["local"], line = timed(ours[:6] + [str(work / "local")] + ours[6:], args.timeout)
             print(f"ours local {args.variant}: {seconds['local']:.1f} s wall (load included) | {line}")
+        if "workers" in args.only:
+            shard = max(1, -(-n // (2 * args.workers)))
+            cmd = ours[:6] + [str(work / "workers")] + ours[6:] + ["--workers", str(args.workers), "--shard-size", str(shard)]
+            seconds["workers"], line = timed(cmd, args.timeout)
+            print(f"ours local --workers {args.workers} --shard-size {shard}: {seconds['workers']:.1f} s wall "
+                  f"(load included) | {line}")
         if "ray" in args.only:
             ray = ours[:6] + [str(work / "ray")] + ours[6:] + ["--engine", "ray", "--concurrency", "1",
                                                            "--cpus-per-actor", "1.5", "--threads", "2"]
@@ -92,6 +100,8 @@ def main() -> None:
         for name, value in seconds.items():
             if name != "local" and "local" in seconds:
                 print(f"ratio {name} / ours local: {value / seconds['local']:.3f}")
+            if name in ("openvino", "onnx") and "workers" in seconds:
+                print(f"ratio {name} / ours --workers {args.workers}: {value / seconds['workers']:.3f}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -200,18 +200,18 @@ def test_saved_graph_uses_only_portable_ops(embedder):
 
 def expected_fused_ops(config, task: str, opset: int = 23) -> dict[str, int]:
     """What the saved graph must hold, from the config alone: each layer's attention once in each branch
-    of its If (global: unpadded / padded keys; local: dense / blockwise; the dense one is the standard
-    Attention op from opset 23), one Gelu per MLP, one LayerNorm per norm module (embeddings, each layer's
+    of its If (global: unpadded / padded keys; local: dense / blockwise, both the standard Attention op
+    from opset 23), one Gelu per MLP, one LayerNorm per norm module (embeddings, each layer's
     attention norm but layer 0's, each MLP's, the final one), and the reranker head's Gelu and LayerNorm."""
     layers = int(config.num_hidden_layers)
     every = int(config.global_attn_every_n_layers)
     global_layers = sum(1 for i in range(layers) if i % every == 0)
     local_layers = layers - global_layers
     head = 1 if task == "rerank" else 0
-    dense = local_layers if opset >= 23 else 0
+    standard = 2 * local_layers if opset >= 23 else 0
     return {
-        "MultiHeadAttention": 2 * global_layers + 2 * local_layers - dense,
-        "Attention": dense,
+        "MultiHeadAttention": 2 * global_layers + 2 * local_layers - standard,
+        "Attention": standard,
         "Gelu": layers + head,
         "LayerNormalization": 1 + (layers - 1) + layers + 1 + head,
     }

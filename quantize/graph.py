@@ -45,7 +45,9 @@ def load_model(path: str | os.PathLike):
     try:
         return onnx.load(str(path), load_external_data=True)
     except Exception as exc:  # onnx raises DecodeError / OSError / ValidationError
-        raise ModelFolderError(f"cannot read ONNX model {path}: {exc}") from None
+        hint = (" (onnx refuses a weights file with several hard links: copy the folder with cp -r, not cp -l)"
+                if "hard link" in str(exc) else "")
+        raise ModelFolderError(f"cannot read ONNX model {path}: {exc}{hint}") from None
 
 
 def save_model(model, path: str | os.PathLike) -> tuple[str, ...]:

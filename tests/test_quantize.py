@@ -267,6 +267,20 @@ def test_attention_for_cuda_gives_the_same_result_and_leaves_what_it_cannot_run(
         assert untouched.graph.node[0].op_type == "Attention"
 
 
+def test_a_hard_linked_weights_file_is_a_model_folder_error_with_the_way_out(tiny_gte_dir, tmp_path):
+    """onnx.load refuses external data with several hard links (its hard-link attack check); quantize says so
+    and how to copy the folder instead of a traceback from inside onnx."""
+    import os
+
+    from gte_onnx.errors import ModelFolderError
+    from gte_onnx.quantize.graph import load_model
+
+    folder = _copy(tiny_gte_dir, tmp_path / "m")
+    os.link(folder / "model.onnx.data", tmp_path / "second-link.data")
+    with pytest.raises(ModelFolderError, match="several hard links: copy the folder with cp -r"):
+        load_model(folder / "model.onnx")
+
+
 def test_fp16_keeps_layernorm_in_float32(quantized):
     from onnx import shape_inference
 

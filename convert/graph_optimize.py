@@ -83,6 +83,24 @@ def op_counts(model) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def write_optimized(src: Path, onnx_path: Path) -> None:
+    """Save the ONNX file `src` at `onnx_path` as ORT's CPU EP optimises it at the extended level, its
+    weights (tensors of 1 KB and more) in `<onnx_path>.data`. ORT's own exceptions pass through.
+
+    Weights beside the graph: ORT reads such a file straight into its buffers instead of parsing one
+    protobuf message that holds them (quantize.graph.save_variant gives the figures)."""
+    ort = _ort()
+    data_name = onnx_path.name + ".data"
+    (onnx_path.parent / data_name).unlink(missing_ok=True)  # no stale weights from an earlier run
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(onnx_path)
+    options.add_session_config_entry("session.optimized_model_external_initializers_file_name", data_name)
+    options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
+    options.log_severity_level = 3
+    ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
+
+
 def save_optimized(model, onnx_path: Path) -> dict[str, int]:
     """Run ORT's extended optimisations on `model` (a ModelProto) and save the result at `onnx_path`.
 
@@ -90,24 +108,12 @@ def save_optimized(model, onnx_path: Path) -> dict[str, int]:
     an op that other execution providers could not run.
     """
     onnx = _onnx()
-    ort = _ort()
     onnx_path = Path(onnx_path)
     raw = onnx_path.with_name(onnx_path.name + ".unoptimized")
-    onnx_path.with_name(onnx_path.name + ".data").unlink(missing_ok=True)  # no stale weights from an earlier export
     try:
         onnx.save_model(model, str(raw))
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        options.optimized_model_filepath = str(onnx_path)
-        # Weights beside the graph (<file>.data): ORT reads such a file straight into its buffers instead
-        # of parsing one protobuf message that holds them (quantize.graph.save_variant says what it saves).
-        options.add_session_config_entry("session.optimized_model_external_initializers_file_name",
-                                         onnx_path.name + ".data")
-        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes",
-                                         "1024")
-        options.log_severity_level = 3
         try:
-            ort.InferenceSession(str(raw), options, providers=["CPUExecutionProvider"])
+            write_optimized(raw, onnx_path)
         except Exception as exc:  # ORT raises its own exception types; name the stage that failed
             raise GraphOptimizationError(f"onnxruntime could not load the exported graph: {exc}") from exc
     finally:

@@ -410,31 +410,26 @@ class _Writer(_LayerWriter):
         band = g.op("Where", [g.op("Greater", [distance, g.const(p.window)]), g.const(MASKED, np.float32),
                               g.const(0.0, np.float32)])
         bias = g.op("Add", [band, self.key_bias_dense])  # (B, 1, L, L)
+        return self.masked_attention(q, k, v, bias)
+
+    def masked_attention(self, q: str, k: str, v: str, mask: str) -> str:
+        """Attention under an additive (N, 1, Lq, Lk) mask. From opset 23 the standard Attention op: ORT's
+        CPU kernel runs a float mask in its tiled pass, where MultiHeadAttention with a bias runs unfused
+        QK^T, softmax, AV (same result to the bit; the int8 gte 0.96x the latency at 1x128, 0.86x at 1x2048,
+        2 threads). ORT 1.32's CUDA Attention is unfused, so the CUDA variants get MultiHeadAttention back
+        (quantize.fp16.attention_for_cuda)."""
+        g, p = self.g, self.p
+        scale = 1.0 / math.sqrt(p.head_dim)
         if self.opset >= 23:
-            # The standard Attention op: ORT's CPU kernel runs a float mask in its tiled pass, where
-            # MultiHeadAttention with a bias runs unfused QK^T, softmax, AV (same result to the bit; the int8
-            # gte 3-4% faster at 1x128 and 32x128, 2 threads). ORT 1.32's CUDA Attention is unfused, so the
-            # CUDA variants get MultiHeadAttention back (quantize.fp16.attention_for_cuda).
-            return g.op("Attention", [q, k, v, bias], q_num_heads=p.heads, kv_num_heads=p.heads,
-                        scale=1.0 / math.sqrt(p.head_dim))
-        return g.op("MultiHeadAttention", [q, k, v, "", "", bias], domain="com.microsoft", num_heads=p.heads,
-                    scale=1.0 / math.sqrt(p.head_dim))
+            return g.op("Attention", [q, k, v, mask], q_num_heads=p.heads, kv_num_heads=p.heads, scale=scale)
+        return g.op("MultiHeadAttention", [q, k, v, "", "", mask], domain="com.microsoft", num_heads=p.heads,
+                    scale=scale)
 
     def local_blockwise(self, q: str, k: str, v: str) -> str:
         """Blocks of w queries attend to their 3w-key window under the band + padding bias."""
         g, p = self.g, self.p
         q = g.op("Reshape", [g.op("Pad", [q, self.pads_q], mode="constant"), g.const([-1, p.window, p.hidden])])
-        if self.opset >= 23:  # the standard Attention op, as in local_dense
-            out = g.op("Attention", [q, self.local_windows(k), self.local_windows(v), self.local_bias],
-                       q_num_heads=p.heads, kv_num_heads=p.heads, scale=1.0 / math.sqrt(p.head_dim))
-            return g.slice(g.op("Reshape", [out, self.back_shape]), 0, self.length, 1)  # (B, L, D)
-        out = g.op(
-            "MultiHeadAttention",
-            [q, self.local_windows(k), self.local_windows(v), "", "", self.local_bias],
-            domain="com.microsoft",
-            num_heads=p.heads,
-            scale=1.0 / math.sqrt(p.head_dim),
-        )  # (B*nb, w, D)
+        out = self.masked_attention(q, self.local_windows(k), self.local_windows(v), self.local_bias)  # (B*nb, w, D)
         return g.slice(g.op("Reshape", [out, self.back_shape]), 0, self.length, 1)  # (B, L, D)
 
     # -- the model ---------------------------------------------------------------------------------

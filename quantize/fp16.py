@@ -7,7 +7,7 @@
 - Rotary angles stay in float32: the exporter computes cos/sin of position * inv_freq in the graph, and
   in fp16 a position near 8192 is only exact to +-4, so the angle (and the attention) would be wrong at
   long inputs. Cos, Sin and the float nodes feeding them are blocked; only their outputs are cast down.
-- The standard Attention ops (the writer's short local layers) become com.microsoft MultiHeadAttention,
+- The standard Attention ops (the writer's local layers) become com.microsoft MultiHeadAttention,
   same inputs and result: ORT 1.32's CUDA Attention runs unfused (no flash or memory-efficient kernel).
 - Mask constants are made fp16-safe first: -inf or float32's finfo.min (-3.4e38, which the converter
   clamps to -65504) plus a negative score saturates to -inf in fp16, and a query row whose keys are all
@@ -161,8 +161,8 @@ def attention_for_cuda(model) -> int:
     """Rewrite each standard Attention node of `model` (If branches included) that MultiHeadAttention can
     run, in place, as MultiHeadAttention; returns how many. Matched: 3D inputs (q_num_heads given), as many
     key as query heads, no past/present state, attributes only q_num_heads, kv_num_heads, scale (and others
-    at their defaults). The mask
-    becomes MultiHeadAttention's additive attention bias, which must be 4D: the writer's (B, 1, L, L) is."""
+    at their defaults). The mask becomes MultiHeadAttention's additive attention bias, which must be 4D:
+    the writer's masks are, (B, 1, L, L) and (blocks, 1, w, 3w)."""
     from onnx import helper
 
     from gte_onnx.convert.graph_optimize import all_nodes

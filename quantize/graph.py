@@ -85,7 +85,7 @@ def save_variant(model, path: str | os.PathLike, cpu_optimized: bool = False) ->
     data_path = path.parent / data_name
     data_path.unlink(missing_ok=True)
     if cpu_optimized:
-        _save_cpu_optimized(model, path, data_name)
+        _save_cpu_optimized(model, path)
     else:
         onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=data_name, size_threshold=1024)
@@ -95,21 +95,13 @@ def save_variant(model, path: str | os.PathLike, cpu_optimized: bool = False) ->
     return (data_name,)
 
 
-def _save_cpu_optimized(model, path: Path, data_name: str) -> None:
-    try:
-        import onnxruntime as ort
-    except ImportError:
-        raise missing_dependency("onnxruntime", "quantize", "gte-onnx quantize") from None
+def _save_cpu_optimized(model, path: Path) -> None:
+    from gte_onnx.convert.graph_optimize import write_optimized
+
     with tempfile.TemporaryDirectory(dir=path.parent, prefix=".optimize-") as scratch:
         raw = Path(scratch) / "unoptimized.onnx"
         save_model(model, raw)
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
-        options.optimized_model_filepath = str(path)
-        options.add_session_config_entry("session.optimized_model_external_initializers_file_name", data_name)
-        options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
-        options.log_severity_level = 3
-        ort.InferenceSession(str(raw), options, providers=["CPUExecutionProvider"])
+        write_optimized(raw, path)
 
 
 def op_counts(model) -> dict[str, int]:

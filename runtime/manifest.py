@@ -276,8 +276,10 @@ def resolve_inside(folder: str | os.PathLike, relative: str) -> Path:
     return target
 
 
-def _check_file(path: Path, variant: Variant, relative: str, size: int, sha256: str, file_digest) -> None:
+def _check_file(path: Path, variant: Variant, relative: str, size: int, sha256: str) -> None:
     """Size, then sha256 (from the verified-file cache while the file's stat is unchanged)."""
+    from .verified import file_digest
+
     try:
         actual = path.stat().st_size
         if actual != size:
@@ -299,17 +301,15 @@ def _check_file(path: Path, variant: Variant, relative: str, size: int, sha256: 
 def verify_variant(folder: str | os.PathLike, variant: Variant) -> Path:
     """Check the variant's file against the manifest (size, then sha256) and return its path. The digest
     of a file whose stat has not changed since it was last hashed comes from the verified-file cache."""
-    from .verified import file_digest
-
     path = resolve_inside(folder, variant.file)
     if not path.is_file():
         raise ModelFolderError(f"variant {variant.name!r}: file {variant.file} is missing from {folder}")
-    _check_file(path, variant, variant.file, variant.bytes, variant.sha256, file_digest)
+    _check_file(path, variant, variant.file, variant.bytes, variant.sha256)
     for data_file in variant.data_files:
         data_path = resolve_inside(folder, data_file)
         if not data_path.is_file():
             raise ModelFolderError(f"variant {variant.name!r}: external data {data_file} is missing")
         entry = variant.data_integrity.get(data_file)
         if entry is not None:
-            _check_file(data_path, variant, data_file, entry["bytes"], entry["sha256"], file_digest)
+            _check_file(data_path, variant, data_file, entry["bytes"], entry["sha256"])
     return path

@@ -10,12 +10,19 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .batching import DEFAULT_MAX_BATCH_TOKENS, pad_batch, pad_rows, plan_batches
+from .batching import (
+    CPU_BATCH_COST_TOKENS,
+    DEFAULT_MAX_BATCH_TOKENS,
+    GPU_BATCH_COST_TOKENS,
+    pad_batch,
+    pad_rows,
+    plan_batches,
+)
 from .errors import InvalidInputError, ModelFolderError
 from .manifest import Manifest
 from .progress import Progress, auto_enabled
 from .resolve import resolve_model
-from .session import OnnxModel
+from .session import CPU, OnnxModel
 from .tokenize import Encoded, TextTokenizer, check_policy
 
 
@@ -71,6 +78,7 @@ class LoadedModel:
         )
         self.onnx = OnnxModel(self.folder, self.manifest, variant, providers, threads, verify=verify,
                               session_config=session_config)
+        self._batch_cost_tokens = CPU_BATCH_COST_TOKENS if self.provider == CPU else GPU_BATCH_COST_TOKENS
 
     variant = property(lambda self: self.onnx.variant.name)
     provider = property(lambda self: self.onnx.provider)
@@ -100,7 +108,7 @@ class LoadedModel:
         out: np.ndarray | None = None
         progress = Progress(n, desc, auto_enabled(show_progress, n))
         try:
-            for rows in plan_batches(encoded.lengths, batch_size, self._max_batch_tokens):
+            for rows in plan_batches(encoded.lengths, batch_size, self._max_batch_tokens, self._batch_cost_tokens):
                 input_ids, mask = pad_batch([encoded.ids[i] for i in rows], self.tokenizer.pad_token_id)
                 type_ids = pad_rows([encoded.type_ids[i] for i in rows]) if "token_type_ids" in self.onnx.input_names else None
                 raw = self.onnx.run(self.onnx.feed(input_ids, mask, type_ids))

@@ -16,8 +16,9 @@ DEFAULT_MAX_BATCH_TOKENS = 16384
 
 # What one more batch costs, in padded tokens' worth of compute. On the CPU a session run of the full-size
 # int8 model costs ~10 ms beyond its tokens (the weights streamed once more) at ~0.5 ms a token: 20 tokens.
-# Greedy "fill each batch to batch_size" pads the long tail of a sorted chunk heavily (12% extra tokens on
-# CISI's documents); trading a few more, smaller batches for almost no padding ran CISI ~15% faster.
+# Filling each batch to the limits pads the long tail of a sorted chunk heavily (9.5% extra tokens on CISI's
+# documents, dev/cisi_padding.py); a few more, smaller batches with 0.8% padding ran CISI 1.14x faster
+# (dev/corpus_ab.py ... +fill).
 CPU_BATCH_COST_TOKENS = 20
 # On a GPU a launch costs far more than a padded token, and big batches are what keep it busy: the fewest
 # batches the limits allow, with the least padding among those.
@@ -42,12 +43,13 @@ def plan_batches(
         raise ValueError(f"max_batch_tokens must be >= 1, got {max_batch_tokens}")
     if batch_cost_tokens < 0:
         raise ValueError(f"batch_cost_tokens must be >= 0, got {batch_cost_tokens}")
-    order = np.argsort(-np.asarray(lengths, dtype=np.int64), kind="stable")
+    lengths = np.asarray(lengths, dtype=np.int64)
+    order = np.argsort(-lengths, kind="stable")
     n = len(order)
     if n == 0:
         return []
     # sorted descending, so a batch order[i:j] is as wide as its first row
-    width = np.maximum(np.asarray(lengths, dtype=np.int64)[order], 1).astype(np.float64)
+    width = np.maximum(lengths[order], 1).astype(np.float64)
     best = np.zeros(n + 1)  # best[j]: least cost of the first j sorted inputs
     start_of = np.zeros(n + 1, dtype=np.int64)  # where the last batch of that best plan starts
     for j in range(1, n + 1):

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from gte_onnx import kernel_family
 from gte_onnx.manifest import Manifest
 
 CPU = "CPUExecutionProvider"
@@ -100,6 +101,8 @@ def measure_variant(
     return {
         "reference": "fp32 ONNX model of this folder",
         "provider": provider,
+        # The CPU arithmetic the figures describe: int8 and q4 compute other numbers on other families.
+        **({"kernel_family": kernel_family.detect_family()} if provider == CPU else {}),
         "probe_inputs": baseline.reference.size,
         **{key: _number(value) for key, value in report.figures.items()},
         "data": {key: _number(value) for key, value in report.data.items()},

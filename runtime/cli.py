@@ -22,6 +22,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "rerank": ("gte_onnx.cli:rerank_main", "score documents against a query with a reranker folder"),
     "reference": ("gte_onnx.parity.cli:reference_main", "PyTorch reference outputs for parity [parity]"),
     "parity": ("gte_onnx.parity.cli:parity_main", "fidelity report of each variant against a reference"),
+    "verify": ("gte_onnx.quantize.verify:main", "measure quantized variants' gates on this CPU's family [quantize]"),
     "bench": ("gte_onnx.bench.cli:main", "benchmark variants x providers x shapes [bench]"),
     "serve": ("gte_onnx.server.main:main", "HTTP server: OpenAI, TEI and Cohere APIs [server]"),
     "info": ("gte_onnx.cli:info_main", "print a model folder's manifest summary"),
@@ -228,6 +229,7 @@ def info_main(argv: list[str]) -> int:
     parser.add_argument("model", help="model folder or hub id")
     add_model_source_options(parser)
     args = parser.parse_args(argv)
+    from .kernel_family import folder_records
     from .manifest import Manifest
     from .resolve import resolve_model
 
@@ -238,7 +240,10 @@ def info_main(argv: list[str]) -> int:
           + (" (random weights)" if manifest.source.get("random_weights") else ""))
     for name, v in manifest.variants.items():
         gate = "passes" if v.passes_gate() else "FAILS/unmeasured"
-        print(f"  {name:<8} {v.file:<22} {v.total_bytes / 1e6:8.1f} MB  gate {gate}")
+        where = ", ".join(f"{family} {'passed' if r.get('passed') else 'FAILED'}"
+                          for family, r in sorted(folder_records(v).items()))
+        print(f"  {name:<8} {v.file:<22} {v.total_bytes / 1e6:8.1f} MB  gate {gate}"
+              + (f"; measured on {where}" if where else ""))
     for provider, ranking in manifest.speed_ranking.items():
         print(f"  fastest on {provider}: {', '.join(ranking)}")
     return 0

@@ -3,7 +3,8 @@
 It reports the installed onnxruntime wheels (more than one breaks CUDA) and their execution providers, the
 CUDA libraries the CUDA provider loads (found in pip's nvidia-* packages or by the system loader, or
 missing), the CPU flags that decide int8/bf16 speed, the default thread count, and for a model folder the
-variant `auto` picks on each provider and why. Nothing here creates a session or a CUDA context.
+variant `auto` picks on each provider and why. The CPU's kernel family (gte_onnx.kernel_family) comes from
+one tiny CPU session; nothing here creates a CUDA context.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ from typing import Any
 from .cpu import physical_cores, read_cpuinfo, usable_cpus
 from .errors import GteOnnxError
 from .manifest import Manifest
-from .session import CPU, CUDA, INSTALL_HINT, _cuda_device_present, _suits, choose_variant, installed_ort_wheels
+from . import kernel_family
+from .kernel_family import FAMILIES, folder_records, route_for, verification
+from .session import CPU, CUDA, INSTALL_HINT, _cuda_device_present, _suits, installed_ort_wheels, variant_choice
 
 # The libraries the CUDA provider cannot start without (cuBLASLt comes with cuBLAS).
 CUDA_LIBRARIES = ("cudart", "cublas", "cublasLt", "cudnn")
@@ -93,7 +96,15 @@ def cpu_report() -> dict[str, Any]:
         "usable_cpus": usable,
         # What OnnxModel uses when threads is not given.
         "default_threads": physical_cores(),
+        "kernel_family": _family(),
     }
+
+
+def _family() -> str | None:
+    try:
+        return kernel_family.detect_family()
+    except GteOnnxError:  # onnxruntime missing: reported as a problem already
+        return None
 
 
 # ---- the folder -------------------------------------------------------------------------------------
@@ -115,7 +126,11 @@ def explain_auto(manifest: Manifest, provider: str) -> dict[str, Any]:
     ranking = list(manifest.speed_ranking.get(provider, ()))
     candidates = [{"variant": name, "rejected": _rejection(manifest, name, provider)} for name in ranking]
     try:
-        picked = choose_variant(manifest, "auto", provider).name
+        choice = variant_choice(manifest, "auto", provider, _family() if provider == CPU else None)
+        picked = choice.variant.name
+        unverified = dict(choice.passed_over)
+        for c in candidates:
+            c["rejected"] = c["rejected"] or unverified.get(c["variant"])
     except GteOnnxError as exc:  # a folder with no usable variant: say so instead of failing the report
         return {"provider": provider, "ranking": ranking, "candidates": candidates, "picked": None, "why": str(exc)}
     first = next((c["variant"] for c in candidates if c["rejected"] is None), None)
@@ -131,8 +146,15 @@ def explain_auto(manifest: Manifest, provider: str) -> dict[str, Any]:
 
 def folder_report(folder: Path) -> dict[str, Any]:
     manifest = Manifest.load(folder)
-    variants = {name: {"file": v.file, "bytes": v.total_bytes, "passes_gate": v.passes_gate(),
-                       "providers": list(v.providers)} for name, v in manifest.variants.items()}
+    family = _family()
+    variants = {}
+    for name, v in manifest.variants.items():
+        variants[name] = {"file": v.file, "bytes": v.total_bytes, "passes_gate": v.passes_gate(),
+                          "providers": list(v.providers), "measured_on": sorted(folder_records(v))}
+        if family is not None:
+            verdict = verification(v, family)
+            variants[name]["cpu_route"] = route_for(v, family).name
+            variants[name]["on_this_cpu"] = verdict.describe(family)
     return {"folder": str(folder), "task": manifest.task, "variants": variants,
             "auto": {p: explain_auto(manifest, p) for p in (CPU, CUDA)}}
 
@@ -191,6 +213,8 @@ def _text_machine(report: dict[str, Any]) -> list[str]:
     flags = ", ".join(f"{f} {_yes(v)}" for f, v in cpu["flags"].items()) or "unknown"
     lines += [f"CPU: {cpu['model']}; {cpu['physical_cores'] or '?'} physical cores, {cpu['usable_cpus']} usable CPUs; "
               f"default threads {cpu['default_threads']}", f"  flags: {flags}"]
+    family = cpu["kernel_family"]
+    lines.append(f"  kernel family: {family or 'unknown'}" + (f" ({FAMILIES[family]})" if family in FAMILIES else ""))
     return lines
 
 
@@ -200,6 +224,8 @@ def _text_model(model: dict[str, Any]) -> list[str]:
         gate = "passes its gate" if v["passes_gate"] else "gate failed or unmeasured"
         made_for = f", made for {', '.join(v['providers'])}" if v["providers"] else ""
         lines.append(f"  {name:<8} {v['file']:<24} {v['bytes'] / 1e6:8.1f} MB, {gate}{made_for}")
+        if "on_this_cpu" in v:
+            lines.append(f"           CPU route {v['cpu_route']}; {v['on_this_cpu']}")
     for provider, auto in model["auto"].items():
         lines.append(f"  auto on {provider}: {auto['picked'] or 'nothing'}: {auto['why']}")
         for c in auto["candidates"]:

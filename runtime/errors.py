@@ -126,3 +126,8 @@ class ResumeMismatchError(InvalidInputError):
 
     http_status = 409
     code = "resume_mismatch"
+
+
+class UnverifiedVariantWarning(UserWarning):
+    """`variant="auto"` passed over a faster variant whose fidelity was not measured on this CPU's kernel
+    family (gte_onnx.kernel_family): the message names it, why, and the command that measures it here."""

@@ -79,6 +79,7 @@ class LoadedModel:
         self.onnx = OnnxModel(self.folder, self.manifest, variant, providers, threads, verify=verify,
                               session_config=session_config)
         self._batch_cost_tokens = CPU_BATCH_COST_TOKENS if self.provider == CPU else GPU_BATCH_COST_TOKENS
+        self._pad_multiple = int(self.onnx.variant.recipe.get("pad_to_multiple", 1))
 
     variant = property(lambda self: self.onnx.variant.name)
     provider = property(lambda self: self.onnx.provider)
@@ -109,8 +110,9 @@ class LoadedModel:
         progress = Progress(n, desc, auto_enabled(show_progress, n))
         try:
             for rows in plan_batches(encoded.lengths, batch_size, self._max_batch_tokens, self._batch_cost_tokens):
-                input_ids, mask = pad_batch([encoded.ids[i] for i in rows], self.tokenizer.pad_token_id)
-                type_ids = pad_rows([encoded.type_ids[i] for i in rows]) if "token_type_ids" in self.onnx.input_names else None
+                input_ids, mask = pad_batch([encoded.ids[i] for i in rows], self.tokenizer.pad_token_id,
+                                            self._pad_multiple, self.manifest.max_length)
+                type_ids = pad_rows([encoded.type_ids[i] for i in rows], width=input_ids.shape[1]) if "token_type_ids" in self.onnx.input_names else None
                 raw = self.onnx.run(self.onnx.feed(input_ids, mask, type_ids))
                 result = postprocess(raw, mask)
                 if out is None:

@@ -45,6 +45,9 @@ class Variant:
     fidelity: Mapping[str, Any] = field(default_factory=dict)
     # Execution providers this variant is meant for, best first (fp16 -> CUDA; int8 -> CPU).
     providers: tuple[str, ...] = ()
+    # CPU kernel family -> the gate measured there (`gte-onnx verify --record`, e.g. under emulation), beside
+    # fidelity's own record of the family the variant was built on (fidelity["kernel_family"]).
+    verified_on: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     @property
     def total_bytes(self) -> int:
@@ -67,6 +70,7 @@ class Variant:
         out["data_files"] = list(self.data_files)
         out["data_integrity"] = {name: dict(entry) for name, entry in self.data_integrity.items()}
         out["providers"] = list(self.providers)
+        out["verified_on"] = {family: dict(record) for family, record in self.verified_on.items()}
         return out
 
 
@@ -201,6 +205,10 @@ def _variant_from_json(name: str, data: Any, where: str) -> Variant:
             f"{where}: variant {name!r} recipe.session_optimization must be one of "
             f"{', '.join(SESSION_OPTIMIZATIONS)}, got {level!r}"
         )
+    multiple = recipe.get("pad_to_multiple", 1)
+    if not is_int(multiple) or not 1 <= multiple <= 64:
+        raise ModelFolderError(f"{where}: variant {name!r} recipe.pad_to_multiple must be an integer from 1 to 64, "
+                               f"got {multiple!r}")
     data_files = fields.file_names("data_files", ())
     return Variant(
         name=name,
@@ -212,7 +220,19 @@ def _variant_from_json(name: str, data: Any, where: str) -> Variant:
         recipe=recipe,
         fidelity=fields.mapping("fidelity", {}),
         providers=fields.strings("providers", (), allow_empty=True),
+        verified_on=_verified_on(fields.mapping("verified_on", {}), name, where),
     )
+
+
+def _verified_on(data: Mapping[str, Any], name: str, where: str) -> dict[str, dict]:
+    """{family: record}; each record a JSON object with a boolean "passed"."""
+    out = {}
+    for family, record in data.items():
+        if not isinstance(record, Mapping) or not isinstance(record.get("passed"), bool):
+            raise ModelFolderError(f"{where}: variant {name!r} verified_on[{family!r}] must be an object with "
+                                   f"a boolean 'passed', got {record!r}")
+        out[family] = dict(record)
+    return out
 
 
 def _data_integrity(data: Mapping[str, Any], data_files: tuple[str, ...], name: str, where: str) -> dict[str, dict]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -20,8 +21,11 @@ from .errors import (
     MissingDependencyError,
     ModelFolderError,
     ProviderError,
+    UnverifiedVariantWarning,
     VariantError,
 )
+from . import kernel_family
+from .kernel_family import NATIVE, Route, folder_records, route_for, verification
 from .manifest import Manifest, Variant, verify_variant
 
 CPU = "CPUExecutionProvider"
@@ -131,25 +135,64 @@ def _missing_provider_message(provider: str, available: Sequence[str], both_inst
     return msg
 
 
-def choose_variant(manifest: Manifest, requested: str, provider: str) -> Variant:
-    """`variant="auto"`: the fastest variant on this provider whose recorded fidelity passes its gate.
+@dataclass(frozen=True)
+class VariantChoice:
+    """The variant picked, and for `auto` the faster variants passed over because their fidelity was not
+    measured on this CPU's kernel family (each: (name, why))."""
+
+    variant: Variant
+    passed_over: tuple[tuple[str, str], ...] = ()
+
+
+def choose_variant(manifest: Manifest, requested: str, provider: str, family: str | None = None) -> Variant:
+    return variant_choice(manifest, requested, provider, family).variant
+
+
+def variant_choice(manifest: Manifest, requested: str, provider: str, family: str | None = None) -> VariantChoice:
+    """`variant="auto"`: the fastest variant on this provider whose fidelity passes its gate on this CPU.
 
     Speed comes from the manifest's measured speed_ranking (written by `gte-onnx bench --record`); without
     a measurement for this provider the choice is fp32, the one variant whose fidelity is proven by export.
+    On the CPU a quantized variant also needs its gate measured on this CPU's kernel family, or on one that
+    computes the same numbers (kernel_family.verification): int8 and q4 move between families.
     """
     if requested != "auto":
-        return manifest.variant(requested)
-    ranking = manifest.speed_ranking.get(provider, ())
-    for name in ranking:
+        return VariantChoice(manifest.variant(requested))
+    if provider == CPU and family is None:
+        family = kernel_family.detect_family()
+    passed_over = []
+    for name in manifest.speed_ranking.get(provider, ()):
         variant = manifest.variants.get(name)
-        if variant is not None and variant.passes_gate() and _suits(variant, provider):
-            return variant
+        if variant is None or not variant.passes_gate() or not _suits(variant, provider):
+            continue
+        if provider == CPU:
+            verdict = verification(variant, family)
+            if not verdict.verified:
+                passed_over.append((name, _unverified_reason(variant, family, verdict)))
+                continue
+        return VariantChoice(variant, tuple(passed_over))
     if "fp32" in manifest.variants:
-        return manifest.variants["fp32"]
+        return VariantChoice(manifest.variants["fp32"], tuple(passed_over))
     passing = [v for v in manifest.variants.values() if v.passes_gate()]
     if not passing:
         raise VariantError("no variant in this folder passes its fidelity gate; name one explicitly")
-    return passing[0]
+    return VariantChoice(passing[0], tuple(passed_over))
+
+
+def _unverified_reason(variant: Variant, family: str, verdict) -> str:
+    if verdict.state == "failed":
+        return f"failed its fidelity gate on {family} ({verdict.measured_on} measurement)"
+    measured = sorted(folder_records(variant)) or ["a CPU family not recorded"]
+    return (f"its fidelity was measured on {', '.join(measured)}, and this CPU ({family}) computes it "
+            f"differently; measure it here once with `gte-onnx verify FOLDER`")
+
+
+def _at_least(level: str, minimum: str | None) -> str:
+    """The higher of two graph optimisation levels ("none" < "basic" < "extended" < "all")."""
+    order = ("none", "basic", "extended", "all")
+    if minimum is None or level not in order:
+        return level
+    return max(level, minimum, key=order.index)
 
 
 def _suits(variant: Variant, provider: str) -> bool:
@@ -179,7 +222,15 @@ class OnnxModel:
         self.provider = self.providers[0]
         if self.provider == CUDA:
             _preload_cuda_libraries(ort)
-        self.variant = choose_variant(manifest, variant, self.provider)
+        self.family = kernel_family.detect_family() if self.provider == CPU else None
+        choice = variant_choice(manifest, variant, self.provider, self.family)
+        self.variant = choice.variant
+        self.passed_over = choice.passed_over
+        for name, why in choice.passed_over[:1]:
+            warnings.warn(f"variant='auto' picked {self.variant.name!r}, not {name!r}: {why}",
+                          UnverifiedVariantWarning, stacklevel=4)
+        # The CPU route for this variant on this family (e.g. int8 on x86 without VNNI: u8 weights).
+        self.route: Route = route_for(self.variant, self.family) if self.family else NATIVE
         path = verify_variant(self.folder, self.variant) if verify else self.folder / self.variant.file
         if self.variant.name.startswith("fp16") and self.provider == CPU:
             warnings.warn(
@@ -197,7 +248,9 @@ class OnnxModel:
         # The memory pattern pre-plans one arena block per seen shape; with long inputs that keeps the
         # 8192-token plan alive next to later ones (1.61 GB peak vs 1.31 GB at 1x8192), at no speed cost.
         options.enable_mem_pattern = False
-        level = self.variant.recipe.get("session_optimization", "all")
+        level = _at_least(self.variant.recipe.get("session_optimization", "all"), self.route.optimization)
+        for key, value in self.route.session_config.items():
+            options.add_session_config_entry(key, value)
         options.graph_optimization_level = {
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,

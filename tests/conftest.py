@@ -92,6 +92,43 @@ def minilm_dir(tmp_path_factory) -> Path:
     return _export("minilm", tmp_path_factory, model=str(minilm_checkpoint()))
 
 
+def _sources_digest(*folders: str) -> str:
+    digest = hashlib.sha256()
+    for folder in folders:
+        for file in sorted((ROOT / folder).rglob("*.py")):
+            digest.update(file.relative_to(ROOT).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _quantized(name: str, src: Path, tmp_path_factory, variants=("int8", "q4")) -> Path:
+    """A copy of an exported folder with quantized variants (probe-set fidelity only), cached like _export."""
+    import shutil
+
+    from gte_onnx.quantize.build import QuantizeOptions, quantize_folder
+
+    cache = os.environ.get("GTE_ONNX_TEST_CACHE")
+    key = cache_key(src=src.name, variants=variants, quantizer=_sources_digest("quantize", "parity"))
+    out = Path(cache) / f"{name}-{key}" if cache else tmp_path_factory.mktemp(name) / "model"
+    if cache and (out / "gte-onnx.json").is_file() and all((out / f"model_{v}.onnx").is_file() for v in variants):
+        return out
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(src, out)
+    quantize_folder(out, variants, QuantizeOptions(evaluation="probe", threads=1), log=lambda _m: None)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_quantized_dir(tiny_gte_dir, tmp_path_factory) -> Path:
+    """The tiny gte with int8 and q4 variants (do not modify: shared by test files)."""
+    return _quantized("tiny-gte-q", tiny_gte_dir, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def minilm_quantized_dir(minilm_dir, tmp_path_factory) -> Path:
+    """MiniLM (real weights) with int8 and q4 variants (do not modify: shared by test files)."""
+    return _quantized("minilm-q", minilm_dir, tmp_path_factory)
+
+
 @pytest.fixture(scope="session")
 def tiny_gte(tiny_gte_dir):
     from gte_onnx import Embedder

@@ -80,15 +80,15 @@ def _manifest(variants, ranking):
 
 VARIANTS = {
     "fp32": ([], {"passed": True}),
-    "int8": (["CPUExecutionProvider"], {"passed": True}),
-    "q4": (["CPUExecutionProvider"], {"passed": False}),
+    "int8": (["CPUExecutionProvider"], {"passed": True, "kernel_family": "x86-vnni"}),
+    "q4": (["CPUExecutionProvider"], {"passed": False, "kernel_family": "x86-vnni"}),
     "fp16": (["CUDAExecutionProvider"], {"passed": True}),
 }
 
 
 def test_auto_picks_the_fastest_variant_that_passes_its_gate_per_provider():
     m = _manifest(VARIANTS, {"CPUExecutionProvider": ["q4", "int8", "fp32"], "CUDAExecutionProvider": ["fp16", "int8", "fp32"]})
-    assert session.choose_variant(m, "auto", "CPUExecutionProvider").name == "int8"  # q4 fails its gate
+    assert session.choose_variant(m, "auto", "CPUExecutionProvider", "x86-vnni").name == "int8"  # q4 fails its gate
     assert session.choose_variant(m, "auto", "CUDAExecutionProvider").name == "fp16"
     assert session.choose_variant(m, "q4", "CPUExecutionProvider").name == "q4"  # a name overrides
 

@@ -9,7 +9,7 @@ import numpy as np
 from .errors import PrecisionError
 from .loaded import LoadedModel
 from .pooling import embedding_postprocess
-from .precision import MANIFEST_KEY, CalibrationRanges, calibrate, check_precision, needs_ranges, quantize
+from .precision import CalibrationRanges, calibrate, check_precision, needs_ranges, quantize, recorded_ranges
 from .stream import EmbeddedChunk, check_chunk_size, iter_chunks, warn_once_truncated
 from .tokenize import check_policy, check_texts, warn_truncated
 
@@ -79,7 +79,7 @@ class Embedder(LoadedModel):
         single = isinstance(texts, str)
         items = check_texts(texts)
         policy = check_policy(truncate or self.truncate)
-        precision, ranges = self._precision(precision, ranges)
+        precision, ranges = self.resolve_precision(precision, ranges)
         result = self._encode_list(items, batch_size, normalize, show_progress, policy, "encode", precision, ranges)
         warn_truncated(result.truncated, len(items), self.max_length, policy)
         if single:
@@ -91,10 +91,7 @@ class Embedder(LoadedModel):
     @property
     def recorded_ranges(self) -> CalibrationRanges | None:
         """The int8/uint8 ranges recorded in the model folder's manifest, or None."""
-        data = self.manifest.extra.get(MANIFEST_KEY)
-        if data is None:
-            return None
-        return CalibrationRanges.from_json(data, where=f"{self.folder}/gte-onnx.json extra.{MANIFEST_KEY}")
+        return recorded_ranges(self.manifest, self.folder)
 
     def calibrate_ranges(self, texts: Sequence[str], batch_size: int = 32, normalize: bool | None = None,
                          source: str = "") -> CalibrationRanges:
@@ -105,7 +102,8 @@ class Embedder(LoadedModel):
         vectors = self.encode(items, batch_size=batch_size, normalize=normalize, show_progress=False)
         return calibrate(np.asarray(vectors), normalized=normalize, source=source or f"{len(items)} texts")
 
-    def _precision(self, precision: str, ranges: CalibrationRanges | None) -> tuple[str, CalibrationRanges | None]:
+    def resolve_precision(self, precision: str, ranges: CalibrationRanges | None) -> tuple[str, CalibrationRanges | None]:
+        """(precision, the ranges int8/uint8 will use: `ranges`, else the recorded ones, else None)."""
         precision = check_precision(precision)
         if not needs_ranges(precision):
             return precision, None
@@ -155,7 +153,7 @@ class Embedder(LoadedModel):
         """
         chunk_size = check_chunk_size(chunk_size)
         policy = check_policy(truncate or self.truncate)
-        precision, ranges = self._precision(precision, ranges)
+        precision, ranges = self.resolve_precision(precision, ranges)
         warned = False
         for pairs, start, ids, texts in iter_chunks(items, chunk_size):
             vectors = self._encode_list(texts, batch_size, normalize, False, policy, "embed", precision, ranges)

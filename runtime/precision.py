@@ -164,6 +164,14 @@ class CalibrationRanges:
         return cls.from_json(text, where=str(path))
 
 
+def recorded_ranges(manifest, folder: object = "the model folder") -> CalibrationRanges | None:
+    """The ranges a model folder's manifest records (`gte-onnx calibrate --record`), or None."""
+    data = manifest.extra.get(MANIFEST_KEY)
+    if data is None:
+        return None
+    return CalibrationRanges.from_json(data, where=f"{folder}/gte-onnx.json extra.{MANIFEST_KEY}")
+
+
 def _float_matrix(vectors: Any, what: str) -> np.ndarray:
     arr = np.asarray(vectors)
     if arr.dtype.kind not in "f":

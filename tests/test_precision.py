@@ -260,3 +260,14 @@ def test_embed_corpus_vector_column_takes_the_precision(calibrated_dir, tiny_gte
         assert CalibrationRanges.load(out / "_gte-onnx-ranges.json") == recorded
     else:
         assert record["vectors"]["ranges"] is None and not (out / "_gte-onnx-ranges.json").exists()
+
+
+def test_ray_actor_class_quantizes_its_batches(tiny_gte_dir, tiny_gte, ranges):
+    pa = pytest.importorskip("pyarrow")
+    from gte_onnx.ray import EmbedBatches
+
+    actor = EmbedBatches(str(tiny_gte_dir), threads=1, precision="int8", ranges=ranges.to_json())
+    table = actor(pa.table({"id": list(range(4)), "text": TEXTS}))
+    assert table.schema.field("vector").type == pa.list_(pa.int8(), 64)
+    np.testing.assert_array_equal(np.asarray(table.column("vector").to_pylist(), dtype=np.int8),
+                                  tiny_gte.encode(TEXTS, precision="int8", ranges=ranges))

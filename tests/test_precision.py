@@ -4,7 +4,6 @@ sentence-transformers' quantize_embeddings given the same ranges; typed errors f
 
 from __future__ import annotations
 
-import base64
 import json
 import shutil
 import subprocess

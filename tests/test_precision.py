@@ -270,3 +270,24 @@ def test_ray_actor_class_quantizes_its_batches(tiny_gte_dir, tiny_gte, ranges):
     assert table.schema.field("vector").type == pa.list_(pa.int8(), 64)
     np.testing.assert_array_equal(np.asarray(table.column("vector").to_pylist(), dtype=np.int8),
                                   tiny_gte.encode(TEXTS, precision="int8", ranges=ranges))
+
+
+def test_cli_embed_corpus_precision_and_ranges_options(tiny_gte_dir, tiny_gte, ranges, tmp_path, capsys):
+    pq = pytest.importorskip("pyarrow.parquet")
+    from gte_onnx.cli import main
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
+    ranges_file = ranges.save(tmp_path / "ranges.json")
+    out = tmp_path / "out"
+    argv = ["embed-corpus", str(tiny_gte_dir), str(corpus), str(out), "--precision", "uint8", "--ranges",
+            str(ranges_file), "--threads", "1", "--no-progress"]
+    assert main(argv) == 0
+    table = pq.read_table(out)
+    got = np.asarray(table.column("vector").to_pylist(), dtype=np.uint8)[np.argsort(table.column("id").to_numpy())]
+    np.testing.assert_array_equal(got, tiny_gte.encode(TEXTS, precision="uint8", ranges=ranges))
+    assert CalibrationRanges.load(out / "_gte-onnx-ranges.json") == ranges
+    capsys.readouterr()
+    assert main([*argv[:4], "--precision", "int8", "--ranges", str(ranges_file), "--threads", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "options.precision (this output: 'uint8', now: 'int8')" in err

@@ -19,6 +19,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "quantize": ("gte_onnx.quantize.cli:main", "add fp16 / int8 / q4 variants to a model folder [quantize]"),
     "embed": ("gte_onnx.cli:embed_main", "embed texts with a model folder"),
     "embed-corpus": ("gte_onnx.corpus_cli:main", "embed a corpus file into resumable Parquet shards [corpus]"),
+    "calibrate": ("gte_onnx.cli:calibrate_main", "int8/uint8 output ranges from sample texts; --record keeps them in the folder"),
     "rerank": ("gte_onnx.cli:rerank_main", "score documents against a query with a reranker folder"),
     "reference": ("gte_onnx.parity.cli:reference_main", "PyTorch reference outputs for parity [parity]"),
     "parity": ("gte_onnx.parity.cli:parity_main", "fidelity report of each variant against a reference"),
@@ -113,6 +114,23 @@ def model_source_kwargs(args: argparse.Namespace) -> dict:
             "local_files_only": args.offline}
 
 
+def add_precision_options(parser: argparse.ArgumentParser, flag: str = "--precision") -> None:
+    from .precision import PRECISIONS
+
+    parser.add_argument(flag, dest="precision", choices=PRECISIONS, default="float32",
+                        help="output vectors: float32 (default), int8/uint8 (per-dimension buckets of calibration "
+                        "ranges), binary/ubinary (signs packed into dim/8 bytes); see docs/precision.md")
+    parser.add_argument("--ranges", dest="ranges", default=None, metavar="FILE",
+                        help="int8/uint8 ranges JSON (from `gte-onnx calibrate`); default: those recorded in the "
+                        "model folder")
+
+
+def load_ranges(path: str | None):
+    from .precision import CalibrationRanges
+
+    return None if path is None else CalibrationRanges.load(path)
+
+
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
@@ -162,6 +180,7 @@ def embed_main(argv: list[str]) -> int:
     norm = parser.add_mutually_exclusive_group()
     norm.add_argument("--normalize", dest="normalize", action="store_true", default=None)
     norm.add_argument("--no-normalize", dest="normalize", action="store_false")
+    add_precision_options(parser)
     add_runtime_options(parser)
     args = parser.parse_intermixed_args(argv)
     texts = _read_lines(args.texts, args.file)
@@ -169,25 +188,71 @@ def embed_main(argv: list[str]) -> int:
         parser.error("no texts: give them as arguments, with --file, or on stdin")
     from .embedder import Embedder
 
+    ranges = load_ranges(args.ranges)
     model = Embedder(args.model, args.variant, _providers(args.providers), args.threads, args.max_batch_tokens,
                      args.truncate, **model_source_kwargs(args))
-    vectors = model.encode(texts, batch_size=args.batch_size, normalize=args.normalize)
+    vectors = model.encode(texts, batch_size=args.batch_size, normalize=args.normalize, precision=args.precision,
+                           ranges=ranges)
     if vectors.truncated:
         print(f"note: {len(vectors.truncated)} input(s) truncated to {model.max_length} tokens", file=sys.stderr)
     if args.output and args.output.endswith(".npy"):
         import numpy as np
 
         np.save(args.output, np.asarray(vectors))
-        print(f"wrote {len(texts)} x {vectors.shape[1]} float32 to {args.output}", file=sys.stderr)
+        print(f"wrote {len(texts)} x {vectors.shape[1]} {vectors.dtype} ({args.precision}) to {args.output}",
+              file=sys.stderr)
         return 0
     out = open(args.output, "w", encoding="utf-8") if args.output else sys.stdout
+    as_json = (lambda vec: [round(float(x), 7) for x in vec]) if args.precision == "float32" else (lambda vec: vec.tolist())
     try:
         for i, (text, vec) in enumerate(zip(texts, vectors)):
-            record = {"index": i, "text": text, "truncated": i in vectors.truncated, "embedding": [round(float(x), 7) for x in vec]}
+            record = {"index": i, "text": text, "truncated": i in vectors.truncated, "embedding": as_json(vec)}
             out.write(json.dumps(record, ensure_ascii=False) + "\n")
     finally:
         if out is not sys.stdout:
             out.close()
+    return 0
+
+
+# ---- calibrate --------------------------------------------------------------------------------------
+def calibrate_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="gte-onnx calibrate",
+        description="Per-dimension ranges of sample texts' vectors, for int8/uint8 output vectors (--precision). "
+        "Use text like what you will embed (a thousand lines or more), not your evaluation set.",
+    )
+    parser.add_argument("model", help="model folder or hub id")
+    parser.add_argument("texts", nargs="*", help="sample texts")
+    parser.add_argument("--file", help="read the sample from FILE, one text per line ('-' for stdin)")
+    parser.add_argument("--output", "-o", help="write the ranges JSON here (default: stdout, unless --record)")
+    parser.add_argument("--record", action="store_true",
+                        help="record the ranges in the model folder's gte-onnx.json, the default of --precision int8/uint8")
+    parser.add_argument("--note", default=None, help="what the sample is, kept with the ranges (default: its size and file)")
+    norm = parser.add_mutually_exclusive_group()
+    norm.add_argument("--normalize", dest="normalize", action="store_true", default=None)
+    norm.add_argument("--no-normalize", dest="normalize", action="store_false")
+    add_runtime_options(parser)
+    args = parser.parse_intermixed_args(argv)
+    texts = _read_lines(args.texts, args.file)
+    if not texts:
+        parser.error("no texts: give them as arguments, with --file, or on stdin")
+    from .embedder import Embedder
+    from .manifest import Manifest
+    from .precision import MANIFEST_KEY
+
+    model = Embedder(args.model, args.variant, _providers(args.providers), args.threads, args.max_batch_tokens,
+                     args.truncate, **model_source_kwargs(args))
+    source = args.note or f"{len(texts)} texts" + (f" from {Path(args.file).name}" if args.file and args.file != "-" else "")
+    ranges = model.calibrate_ranges(texts, batch_size=args.batch_size, normalize=args.normalize, source=source)
+    if args.output:
+        ranges.save(args.output)
+        print(f"wrote the ranges of {ranges.samples} vectors ({ranges.dim} dimensions) to {args.output}", file=sys.stderr)
+    if args.record:
+        manifest = Manifest.load(model.folder)
+        manifest.replace(extra={**manifest.extra, MANIFEST_KEY: ranges.to_json()}).save(model.folder)
+        print(f"recorded the ranges in {model.folder / 'gte-onnx.json'} (extra.{MANIFEST_KEY})", file=sys.stderr)
+    if not args.output and not args.record:
+        print(json.dumps(ranges.to_json()))
     return 0
 
 

@@ -3,6 +3,7 @@ several worker processes. See corpus_io (what is read) and corpus_output (what i
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import sys
 import time
@@ -13,8 +14,9 @@ from typing import Iterator
 
 from .corpus_io import CorpusFormat, count_records, read_corpus
 from .corpus_output import (OutputLock, ShardWriter, chunk_table, complete_shards, open_run, output_schema,
-                            shard_rows, write_manifest)
-from .errors import InvalidInputError
+                            shard_rows, write_manifest, write_ranges)
+from .errors import InvalidInputError, PrecisionError
+from .precision import CalibrationRanges, bytes_per_vector, output_dtype, vector_width
 from .progress import Progress, auto_enabled
 
 
@@ -48,6 +50,9 @@ class CorpusJob:
     batch_size: int = 32
     workers: int = 1
     show_progress: bool | None = None
+    # Output vectors (gte_onnx.precision); int8/uint8 use `ranges`, else those recorded in the model folder.
+    precision: str = "float32"
+    ranges: CalibrationRanges | None = None
 
 
 @dataclass
@@ -63,6 +68,18 @@ class Tally:
             setattr(self, key, getattr(self, key) + value)
 
 
+def resolve_job_precision(job: CorpusJob, embedder) -> CorpusJob:
+    """The job with its int8/uint8 ranges settled (given, else recorded in the model folder), so every worker
+    and every resumed run quantizes with the same ones; without any, a PrecisionError says how to make them."""
+    precision, ranges = embedder.resolve_precision(job.precision, job.ranges)
+    if precision in ("int8", "uint8") and ranges is None:
+        raise PrecisionError(
+            f"--precision {precision} needs calibration ranges: pass --ranges FILE (from `gte-onnx calibrate MODEL "
+            "--file SAMPLE.txt -o FILE`) or record them in the model folder with `gte-onnx calibrate --record`"
+        )
+    return dataclasses.replace(job, precision=precision, ranges=ranges)
+
+
 def run_identity(job: CorpusJob, embedder) -> dict:
     """What must be equal for a rerun to resume into the same output (speed settings are left out)."""
     normalize = embedder.manifest.normalize if job.normalize is None else bool(job.normalize)
@@ -70,9 +87,17 @@ def run_identity(job: CorpusJob, embedder) -> dict:
         "model": {"variant": embedder.variant, "sha256": embedder.onnx_model.variant.sha256,
                   "dim": embedder.dim, "max_length": embedder.max_length},
         "options": {"normalize": normalize, "truncate": embedder.truncate, "shard_size": job.shard_size,
+                    "precision": job.precision, "ranges_sha256": job.ranges.digest() if job.ranges else None,
                     **job.spec.settings()},
         "input": {"path": str(job.input.resolve()), "bytes": job.input.stat().st_size},
     }
+
+
+def vectors_record(job: CorpusJob, dim: int) -> dict:
+    """The manifest's description of the `vector` column: precision, dtype, width, bytes, and the ranges."""
+    return {"precision": job.precision, "dtype": output_dtype(job.precision).name,
+            "width": vector_width(job.precision, dim), "bytes_per_vector": bytes_per_vector(job.precision, dim),
+            "ranges": job.ranges.to_json() if job.ranges else None}
 
 
 def check_job(job: CorpusJob) -> None:
@@ -89,7 +114,8 @@ def embed_shard(embedder, job: CorpusJob, index: int, records: Iterator, schema,
     writer = ShardWriter(job.output, index, schema)
     tally = Tally(shards=1)
     try:
-        for chunk in embedder.embed(records, job.batch_size, job.chunk_size, job.normalize):
+        for chunk in embedder.embed(records, job.batch_size, job.chunk_size, job.normalize,
+                                    precision=job.precision, ranges=job.ranges):
             writer.write(chunk_table(schema, chunk.ids, chunk.vectors, chunk.token_counts, chunk.truncated))
             step = Tally(rows=len(chunk), tokens=int(chunk.token_counts.sum()), truncated=int(chunk.truncated.sum()))
             tally.add(step)
@@ -147,6 +173,7 @@ def run_corpus(job: CorpusJob, log=sys.stderr) -> dict:
     check_job(job)
     start = time.perf_counter()
     embedder = job.model.load(threads_per_worker(job))
+    job = resolve_job_precision(job, embedder)
     identity = run_identity(job, embedder)
     if job.workers > 1:
         embedder = None  # each worker loads its own; this process only reads and dispatches
@@ -159,8 +186,14 @@ def run_corpus(job: CorpusJob, log=sys.stderr) -> dict:
 
 def _run_locked(job: CorpusJob, embedder, identity: dict, start: float, log) -> dict:
     record = open_run(job.output, identity)
+    dim = identity["model"]["dim"]
+    if "vectors" not in record:
+        record["vectors"] = vectors_record(job, dim)
+        write_manifest(job.output, record)
+    if job.ranges is not None:
+        write_ranges(job.output, job.ranges)
     done = complete_shards(job.output)
-    schema = output_schema(identity["model"]["dim"], job.spec.id_field is not None)
+    schema = output_schema(dim, job.spec.id_field is not None, job.precision)
     total = count_records(job.input, job.spec)
     progress = CorpusProgress(total, auto_enabled(job.show_progress, total, threshold=1))
     try:

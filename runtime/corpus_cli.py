@@ -41,15 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, default=None, help="Ray actors, each loading the model once "
                         "(default: one per node)")
     parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="Ray CPUs each actor reserves")
-    from .cli import add_runtime_options
+    from .cli import add_precision_options, add_runtime_options
 
+    add_precision_options(parser)
     add_runtime_options(parser)
     return parser
 
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from .cli import _providers
+    from .cli import _providers, load_ranges
     from .corpus import CorpusJob, ModelOptions, run_corpus
 
     spec = CorpusFormat(detect_format(args.input, args.format), args.text_field, args.id_field,
@@ -57,7 +58,7 @@ def main(argv: list[str]) -> int:
     model = ModelOptions(args.model, args.variant, _providers(args.providers), args.threads,
                          args.max_batch_tokens, args.truncate)
     job = CorpusJob(model, args.input, args.output, spec, args.normalize, args.shard_size, args.chunk_size,
-                    args.batch_size, args.workers, args.progress)
+                    args.batch_size, args.workers, args.progress, args.precision, load_ranges(args.ranges))
     if args.engine == "ray":
         from .ray import run_corpus_on_ray
 

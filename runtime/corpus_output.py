@@ -1,7 +1,10 @@
 """The output of a corpus run: a folder of Parquet shards plus the run's manifest.
 
-    OUTPUT/_gte-onnx-corpus.json   model, variant, sha256, settings, input; rows when complete
-    OUTPUT/part-00000.parquet ...  columns id, vector (fixed-size list of float32), token_count, truncated
+    OUTPUT/_gte-onnx-corpus.json   model, variant, sha256, settings, input, vectors (precision, ranges);
+                                   rows when complete
+    OUTPUT/_gte-onnx-ranges.json   the int8/uint8 calibration ranges, to quantize queries the same way
+    OUTPUT/part-00000.parquet ...  columns id, vector (fixed-size list of float32, or of int8/uint8 for the
+                                   quantized precisions), token_count, truncated
 
 Shard k holds documents k*shard_size .. (k+1)*shard_size-1 of the input, in input order. It is written to a
 hidden temporary name and renamed when complete, so a shard file that exists is whole: a rerun skips it, and
@@ -22,6 +25,9 @@ from .errors import InvalidInputError, ResumeMismatchError, missing_dependency
 
 MANIFEST_NAME = "_gte-onnx-corpus.json"  # "_": Parquet dataset readers skip it
 MANIFEST_FORMAT = "gte-onnx-corpus/1"
+RANGES_NAME = "_gte-onnx-ranges.json"
+# Settings added after the first runs were written: a run recorded without them had these values.
+LEGACY_OPTIONS = {"precision": "float32", "ranges_sha256": None}
 _SHARD = re.compile(r"^part-(\d{5,})\.parquet$")
 
 
@@ -38,11 +44,22 @@ def shard_name(index: int) -> str:
     return f"part-{index:05d}.parquet"
 
 
-def output_schema(dim: int, string_ids: bool):
+def _arrow_type(precision: str):
     pa = import_pyarrow()
+    from .precision import output_dtype
+
+    return pa.from_numpy_dtype(output_dtype(precision))
+
+
+def output_schema(dim: int, string_ids: bool, precision: str = "float32"):
+    """id, vector (a fixed-size list of the precision's dtype: dim floats or int8/uint8, dim/8 packed bytes for
+    binary/ubinary), token_count, truncated."""
+    pa = import_pyarrow()
+    from .precision import vector_width
+
     return pa.schema([
         ("id", pa.string() if string_ids else pa.int64()),
-        ("vector", pa.list_(pa.float32(), dim)),
+        ("vector", pa.list_(_arrow_type(precision), vector_width(precision, dim))),
         ("token_count", pa.int32()),
         ("truncated", pa.bool_()),
     ])
@@ -51,7 +68,8 @@ def output_schema(dim: int, string_ids: bool):
 def chunk_table(schema, ids: list, vectors: np.ndarray, token_counts: np.ndarray, truncated: np.ndarray):
     """One chunk as an Arrow table of the output schema (the vectors are not copied row by row)."""
     pa = import_pyarrow()
-    flat = pa.array(np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1), type=pa.float32())
+    value_type = schema.field("vector").type.value_type
+    flat = pa.array(np.ascontiguousarray(vectors, dtype=value_type.to_pandas_dtype()).reshape(-1), type=value_type)
     columns = [
         pa.array(ids, type=schema.field("id").type),
         pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1]),
@@ -151,7 +169,9 @@ def open_run(folder: Path, identity: dict) -> dict:
             recorded = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise InvalidInputError(f"{path} is not a readable corpus manifest ({exc}); use another output") from None
-        differ = differing_settings(recorded.get("run", {}), identity)
+        run = dict(recorded.get("run", {}))
+        run["options"] = {**LEGACY_OPTIONS, **run.get("options", {})}
+        differ = differing_settings(run, identity)
         if differ:
             raise ResumeMismatchError(
                 f"{folder} holds a run with other settings, so it cannot be resumed: " + "; ".join(differ)
@@ -164,6 +184,11 @@ def open_run(folder: Path, identity: dict) -> dict:
     record = {"format": MANIFEST_FORMAT, "run": identity, "complete": False}
     write_manifest(folder, record)
     return record
+
+
+def write_ranges(folder: Path, ranges) -> None:
+    """The int8/uint8 ranges beside the shards, readable with gte_onnx.precision.CalibrationRanges.load."""
+    ranges.save(folder / RANGES_NAME)
 
 
 def write_manifest(folder: Path, record: dict) -> None:

@@ -29,6 +29,13 @@ class InputTooLongError(InvalidInputError):
     code = "input_too_long"
 
 
+class PrecisionError(InvalidInputError):
+    """Quantized output vectors that cannot be made: an unknown precision, int8/uint8 without calibration
+    ranges, ranges that do not fit the vectors (width, normalisation), NaN vectors, malformed ranges JSON."""
+
+    code = "precision_error"
+
+
 class PayloadTooLargeError(GteOnnxError, ValueError):
     """A request holds more inputs or tokens than the server accepts."""
 

@@ -43,8 +43,10 @@ class EmbedBatches:
 
     def __init__(self, model: str, variant: str = "auto", sha256: str | None = None, threads: int | None = None,
                  providers=None, max_batch_tokens: int = 16384, truncate: str = "end", normalize: bool | None = None,
-                 batch_size: int = 32, text_column: str = "text", id_column: str = "id", revision: str | None = None):
+                 batch_size: int = 32, text_column: str = "text", id_column: str = "id", revision: str | None = None,
+                 precision: str = "float32", ranges: dict | None = None):
         from .embedder import Embedder
+        from .precision import CalibrationRanges
 
         self.embedder = Embedder(model, variant, providers, threads, max_batch_tokens, truncate, revision)
         actual = self.embedder.onnx_model.variant.sha256
@@ -53,16 +55,17 @@ class EmbedBatches:
                 f"{model}: variant {self.embedder.variant!r} on this node has sha256 {actual}, the job expects {sha256}"
             )
         self.normalize, self.batch_size = normalize, batch_size
+        self.precision, self.ranges = self.embedder.resolve_precision(
+            precision, None if ranges is None else CalibrationRanges.from_json(ranges))
         self.text_column, self.id_column = text_column, id_column
 
     def __call__(self, batch):
         ids, texts = self._columns(batch)
         string_ids = any(isinstance(i, str) for i in ids)
-        schema = output_schema(self.embedder.dim, string_ids)
-        tables = [
-            chunk_table(schema, chunk.ids, chunk.vectors, chunk.token_counts, chunk.truncated)
-            for chunk in self.embedder.embed(zip(ids, texts), self.batch_size, max(len(ids), 1), self.normalize)
-        ]
+        schema = output_schema(self.embedder.dim, string_ids, self.precision)
+        chunks = self.embedder.embed(zip(ids, texts), self.batch_size, max(len(ids), 1), self.normalize,
+                                     precision=self.precision, ranges=self.ranges)
+        tables = [chunk_table(schema, chunk.ids, chunk.vectors, chunk.token_counts, chunk.truncated) for chunk in chunks]
         import pyarrow as pa
 
         return pa.concat_tables(tables) if tables else schema.empty_table()
@@ -108,13 +111,16 @@ def run_corpus_on_ray(job: CorpusJob, address: str | None = None, concurrency: i
                       cpus_per_actor: float = 1.0, log=sys.stderr) -> dict:
     """The embed-corpus job with Ray Data: read the file, embed on `concurrency` actors, write_parquet."""
     ray = import_ray()
-    from .corpus import check_job, run_identity
+    from .corpus import check_job, resolve_job_precision, run_identity, vectors_record
+    from .corpus_output import write_ranges
 
     check_job(job)
     _check_fresh_output(job.output)
     start = time.perf_counter()
     embedder = job.model.load()  # the driver checks the model and records what every actor must match
+    job = resolve_job_precision(job, embedder)
     identity = dict(run_identity(job, embedder), engine="ray")
+    vectors = vectors_record(job, embedder.dim)
     if not ray.is_initialized():
         ray.init(address=address, logging_level="WARNING", log_to_driver=False)
     actors = concurrency or max(1, sum(1 for node in ray.nodes() if node.get("Alive")))
@@ -137,7 +143,10 @@ def run_corpus_on_ray(job: CorpusJob, address: str | None = None, concurrency: i
         context.enable_progress_bars, context.target_max_block_size = saved
     seconds = time.perf_counter() - start
     summary = _written_summary(job.output, seconds)
-    write_manifest(job.output, {"format": "gte-onnx-corpus/1", "run": identity, "complete": True, **summary})
+    if job.ranges is not None:
+        write_ranges(job.output, job.ranges)
+    write_manifest(job.output, {"format": "gte-onnx-corpus/1", "run": identity, "vectors": vectors, "complete": True,
+                                **summary})
     print(f"embedded {summary['rows']} documents on {actors} Ray actor(s); {summary['truncated']} truncated; "
           f"{seconds:.1f} s ({summary['rows'] / max(seconds, 1e-9):.1f} docs/s)", file=log)
     return summary
@@ -173,7 +182,8 @@ def _actor_kwargs(job: CorpusJob, embedder, cpus_per_actor: float) -> dict:
     options = job.model
     return {"model": options.model, "variant": embedder.variant, "sha256": embedder.onnx_model.variant.sha256,
             "threads": options.threads or max(1, int(cpus_per_actor)), "providers": options.providers, "max_batch_tokens": options.max_batch_tokens,
-            "truncate": options.truncate, "normalize": job.normalize, "batch_size": job.batch_size}
+            "truncate": options.truncate, "normalize": job.normalize, "batch_size": job.batch_size,
+            "precision": job.precision, "ranges": job.ranges.to_json() if job.ranges else None}
 
 
 def _written_summary(output: Path, seconds: float) -> dict:

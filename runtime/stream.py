@@ -20,13 +20,16 @@ from .tokenize import TruncationWarning
 
 @dataclass(frozen=True)
 class EmbeddedChunk:
-    """One chunk of an (id, text) corpus: `ids` as given, `vectors` (n, dim) float32, `token_counts` (n,)
-    int32 tokens before truncation, `truncated` (n,) bool."""
+    """One chunk of an (id, text) corpus: `ids` as given, `vectors` (n, dim) float32 (or the quantized
+    vectors of `precision`, with the int8/uint8 `ranges`), `token_counts` (n,) int32 tokens before
+    truncation, `truncated` (n,) bool."""
 
     ids: list
     vectors: np.ndarray
     token_counts: np.ndarray
     truncated: np.ndarray
+    precision: str = "float32"
+    ranges: Any = None
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -232,6 +232,56 @@ def test_resume_with_other_settings_is_refused(tiny_gte_dir, tmp_path):
     assert summary["resumed_rows"] == 12 and summary["embedded_this_run"] == 0
 
 
+def test_resume_with_another_precision_is_refused(tiny_gte_dir, tmp_path):
+    from gte_onnx.precision import calibrate
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(docs(12)) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    run_corpus(job(tiny_gte_dir, corpus, out, shard_size=5, precision="binary"))
+    with pytest.raises(ResumeMismatchError, match=r"options\.precision \(this output: 'binary', now: 'float32'\)"):
+        run_corpus(job(tiny_gte_dir, corpus, out, shard_size=5))
+    with pytest.raises(ResumeMismatchError, match=r"options\.precision \(this output: 'binary', now: 'ubinary'\)"):
+        run_corpus(job(tiny_gte_dir, corpus, out, shard_size=5, precision="ubinary"))
+    rng = np.random.default_rng(0)
+    sample = rng.normal(size=(50, 64)).astype(np.float32)
+    first = calibrate(sample / np.linalg.norm(sample, axis=1, keepdims=True))
+    other = calibrate(sample[:20] / np.linalg.norm(sample[:20], axis=1, keepdims=True))
+    run_corpus(job(tiny_gte_dir, corpus, tmp_path / "int8", shard_size=5, precision="int8", ranges=first))
+    with pytest.raises(ResumeMismatchError, match=r"options\.ranges_sha256"):  # other ranges, other vectors
+        run_corpus(job(tiny_gte_dir, corpus, tmp_path / "int8", shard_size=5, precision="int8", ranges=other))
+    summary = run_corpus(job(tiny_gte_dir, corpus, tmp_path / "int8", shard_size=5, precision="int8", ranges=first))
+    assert summary["resumed_rows"] == 12
+
+
+def test_a_run_recorded_before_precisions_existed_resumes_as_float32(tiny_gte_dir, tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(docs(12)) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    run_corpus(job(tiny_gte_dir, corpus, out, shard_size=5))
+    manifest = out / "_gte-onnx-corpus.json"
+    record = json.loads(manifest.read_text())
+    del record["run"]["options"]["precision"], record["run"]["options"]["ranges_sha256"], record["vectors"]
+    manifest.write_text(json.dumps(record))
+    assert run_corpus(job(tiny_gte_dir, corpus, out, shard_size=5))["resumed_rows"] == 12
+    with pytest.raises(ResumeMismatchError, match=r"options\.precision \(this output: 'float32', now: 'int8'\)"):
+        from gte_onnx.precision import calibrate
+
+        sample = np.random.default_rng(0).normal(size=(50, 64)).astype(np.float32)
+        ranges = calibrate(sample / np.linalg.norm(sample, axis=1, keepdims=True))
+        run_corpus(job(tiny_gte_dir, corpus, out, shard_size=5, precision="int8", ranges=ranges))
+
+
+def test_cli_int8_corpus_without_ranges_is_refused_before_any_shard(tiny_gte_dir, tmp_path):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("\n".join(docs(3)) + "\n", encoding="utf-8")
+    res = subprocess.run([sys.executable, "-m", "gte_onnx.cli", "embed-corpus", str(tiny_gte_dir), str(corpus),
+                          str(tmp_path / "out"), "--precision", "uint8", "--threads", "1"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2 and "--precision uint8 needs calibration ranges" in res.stderr
+    assert "Traceback" not in res.stderr and not list((tmp_path / "out").glob("*.parquet"))
+
+
 def test_workers_write_the_same_rows(tiny_gte, tiny_gte_dir, tmp_path):
     texts = docs(40)
     corpus = tmp_path / "c.txt"

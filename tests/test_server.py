@@ -328,3 +328,50 @@ def test_graceful_shutdown_finishes_in_flight_requests(backend):
     assert not live.thread.is_alive()
     assert len(results) == 1 and results[0].status_code == 200, results
     assert len(results[0].json()) == 2
+
+
+# ---- quantized vectors on TEI's /embed (--embed-precision) ------------------------------------------------
+@pytest.mark.parametrize("precision", ["float32", "int8", "uint8", "binary", "ubinary"])
+def test_tei_embed_serves_the_configured_precision(backend, tiny_gte, precision):
+    from gte_onnx.precision import output_dtype, vector_width
+
+    ranges = tiny_gte.calibrate_ranges(TEXTS * 3) if precision in ("int8", "uint8") else None
+    settings = ServerSettings(model_name=NAME, embed_precision=precision, embed_ranges=ranges)
+    want = tiny_gte.encode(TEXTS, precision=precision, ranges=ranges)
+    dtype, width = output_dtype(precision), vector_width(precision, tiny_gte.dim)
+    with ServerThread(create_app(backend, settings)) as live, httpx.Client(base_url=live.url, timeout=60) as http:
+        plain = http.post("/embed", json={"inputs": TEXTS})
+        assert plain.status_code == 200, plain.text
+        rows = plain.json()
+        assert len(rows) == 4 and all(len(row) == width for row in rows)
+        if precision == "float32":
+            np.testing.assert_allclose(np.asarray(rows, dtype=np.float32), want, atol=1e-6)
+        else:
+            assert all(isinstance(x, int) for row in rows for x in row)  # TEI-style JSON of ints
+            np.testing.assert_array_equal(np.asarray(rows, dtype=dtype), want)
+        packed = http.post("/embed", json={"inputs": TEXTS, "encoding_format": "base64"})
+        assert packed.status_code == 200, packed.text
+        got = np.stack([np.frombuffer(base64.b64decode(b), dtype=dtype.newbyteorder("<")) for b in packed.json()])
+        assert got.shape == (4, width)
+        if precision == "float32":
+            np.testing.assert_allclose(got, want, atol=1e-6)
+        else:
+            np.testing.assert_array_equal(got, want)
+        openai = http.post("/v1/embeddings", json={"input": TEXTS, "encoding_format": "base64"}).json()  # unchanged
+        floats = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), dtype="<f4") for d in openai["data"]])
+        np.testing.assert_allclose(floats, tiny_gte.encode(TEXTS, normalize=True), atol=1e-6)
+        info = http.get("/info").json()
+        assert info["embed_precision"] == precision
+        assert (info["embed_ranges"] is None) == (ranges is None)
+        if precision == "int8":
+            refused = http.post("/embed", json={"inputs": TEXTS, "normalize": False})
+            assert refused.status_code == 422 and "normalised" in refused.text
+
+
+def test_int8_settings_without_ranges_are_refused():
+    from gte_onnx.errors import PrecisionError
+
+    with pytest.raises(PrecisionError, match="--embed-precision int8 needs calibration ranges"):
+        ServerSettings(model_name=NAME, embed_precision="int8")
+    with pytest.raises(PrecisionError, match="precision must be one of"):
+        ServerSettings(model_name=NAME, embed_precision="int4")

@@ -85,3 +85,22 @@ def test_bad_token_ids_option_is_one_clear_line(tiny_gte_dir, value, words):
     result = subprocess.run([*SERVE, str(tiny_gte_dir), "--port", "0", "--threads", "1", "--token-ids", value],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and words in result.stderr and "Traceback" not in result.stderr
+
+
+def test_embed_precision_without_ranges_is_one_clear_line(tiny_gte_dir):
+    result = subprocess.run([*SERVE, str(tiny_gte_dir), "--port", "0", "--threads", "1", "--embed-precision", "int8"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--embed-precision int8 needs calibration ranges" in result.stderr
+
+
+def test_embed_precision_option_reaches_the_app(tiny_gte_dir, tmp_path):
+    from gte_onnx.precision import calibrate
+    from gte_onnx.server.main import build_app, build_parser
+
+    sample = np.random.default_rng(0).normal(size=(40, 64)).astype(np.float32)
+    ranges_file = calibrate(sample / np.linalg.norm(sample, axis=1, keepdims=True)).save(tmp_path / "r.json")
+    args = build_parser().parse_args([str(tiny_gte_dir), "--threads", "1", "--embed-precision", "uint8",
+                                      "--embed-ranges", str(ranges_file)])
+    _, _, settings = build_app(args)
+    assert settings.embed_precision == "uint8" and settings.embed_ranges.dim == 64

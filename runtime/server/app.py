@@ -11,12 +11,14 @@ import base64
 import time
 import uuid
 from contextlib import asynccontextmanager
+from typing import Union
 
 import numpy as np
 
 from .. import __version__
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, PrecisionError
 from ..pooling import sigmoid
+from ..precision import quantize
 from ..reranker import ranked
 from .backend import Backend
 from .batcher import Batcher
@@ -52,6 +54,12 @@ def _as_base64(vector: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(vector, dtype="<f4").tobytes()).decode("ascii")
 
 
+def _bytes_base64(vector: np.ndarray) -> str:
+    """The vector's own bytes: little-endian float32, or the int8/uint8 values (packed bits for binary)."""
+    dtype = vector.dtype.newbyteorder("<") if vector.dtype.itemsize > 1 else vector.dtype
+    return base64.b64encode(np.ascontiguousarray(vector, dtype=dtype).tobytes()).decode("ascii")
+
+
 def _no_prompts(prompt_name) -> None:
     if prompt_name is not None:
         raise param_error(InvalidInputError(f"prompt_name={prompt_name!r}: this model has no prompts"), "prompt_name")
@@ -62,6 +70,10 @@ def create_app(backend: Backend, settings: ServerSettings, metrics: Metrics | No
     from fastapi import APIRouter, Depends, FastAPI
     from fastapi.security import HTTPBearer
 
+    if settings.embed_ranges is not None and backend.task == "embedding" and settings.embed_ranges.dim != backend.dim:
+        raise PrecisionError(
+            f"the --embed-ranges have {settings.embed_ranges.dim} dimensions but this model's vectors have {backend.dim}"
+        )
     metrics = metrics or Metrics()
     batcher = Batcher(
         backend.run, settings.max_batch_tokens, settings.max_concurrent_requests, metrics, settings.unhealthy_after
@@ -160,14 +172,24 @@ def add_tei_routes(api, engine: Engine) -> None:
         items, token_ids = engine.parse_inputs(request.inputs, "inputs")
         policy = engine.policy(request.truncate, request.truncation_direction)
         vectors, _ = await engine.embed(items, token_ids, request.normalize, policy)
-        return JSONResponse(_as_json_vectors(vectors))
+        precision = engine.settings.embed_precision
+        if precision != "float32":
+            try:
+                vectors = quantize(vectors, precision, engine.settings.embed_ranges, normalized=request.normalize)
+            except InvalidInputError as exc:
+                raise param_error(exc, "normalize") from None
+        if request.encoding_format == "base64":
+            return JSONResponse([_bytes_base64(v) for v in vectors])
+        return JSONResponse(_as_json_vectors(vectors) if precision == "float32" else vectors.tolist())
 
-    @api.post("/embed", response_model=list[list[float]], tags=["TEI"])
+    embed_answer = Union[list[list[float]], list[list[int]], list[str]]
+
+    @api.post("/embed", response_model=embed_answer, tags=["TEI"])
     async def embed(request: TeiEmbedRequest):
         return await tei_embed(request, "/embed")
 
     # huggingface_hub's InferenceClient(base_url=...).feature_extraction posts to the base URL itself.
-    @api.post("/", response_model=list[list[float]], tags=["TEI"], summary="Embed (TEI's root route)")
+    @api.post("/", response_model=embed_answer, tags=["TEI"], summary="Embed (TEI's root route)")
     async def root_embed(request: TeiEmbedRequest):
         return await tei_embed(request, "/")
 
@@ -228,6 +250,8 @@ def add_operations_routes(app, api, engine: Engine, metrics: Metrics) -> None:
             max_batch_size=backend.max_batch_size,
             max_concurrent_requests=settings.max_concurrent_requests,
             max_client_batch_size=settings.max_client_batch_size, version=__version__,
+            embed_precision=settings.embed_precision,
+            embed_ranges=settings.embed_ranges.to_json() if settings.embed_ranges else None,
         )
 
     @api.get("/metrics", response_class=PlainTextResponse, tags=["Operations"])

@@ -73,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
                         help="over-long inputs when the request does not say (error -> 413)")
     parser.add_argument("--unhealthy-after", type=positive_int, default=DEFAULT_UNHEALTHY_AFTER,
                         help="/health answers 503 once this many model runs in a row have failed (and a probe fails)")
+    from ..precision import PRECISIONS
+
+    parser.add_argument("--embed-precision", choices=PRECISIONS, default="float32",
+                        help="vectors TEI's /embed answers with: float32 (default), int8/uint8 (calibration ranges: "
+                        "--embed-ranges or those recorded in the folder) or binary/ubinary (packed signs), as JSON "
+                        "ints, or base64 of their bytes when the request says encoding_format=base64; "
+                        "/v1/embeddings stays float32")
+    parser.add_argument("--embed-ranges", default=None, metavar="FILE",
+                        help="int8/uint8 ranges JSON from `gte-onnx calibrate` (default: those recorded in the folder)")
     parser.add_argument("--graceful-timeout", type=float, default=30.0,
                         help="seconds to finish in-flight requests after SIGTERM/SIGINT")
     from ..cli import add_model_source_options
@@ -84,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_app(args: argparse.Namespace):
     """Load the backend and make the app; raises typed errors for a bad folder or option."""
-    from ..cli import model_source_kwargs
+    from ..cli import load_ranges, model_source_kwargs
+    from ..precision import needs_ranges, recorded_ranges
     from .app import create_app
     from .backend import OnnxBackend
 
@@ -97,6 +107,9 @@ def build_app(args: argparse.Namespace):
         max_batch_size=args.max_batch_size,
         **model_source_kwargs(args),
     )
+    ranges = None
+    if needs_ranges(args.embed_precision):
+        ranges = load_ranges(args.embed_ranges) or recorded_ranges(backend.manifest, args.model)
     settings = ServerSettings(
         model_name=args.model_name or backend.model_id,
         aliases=tuple(args.alias),
@@ -109,6 +122,8 @@ def build_app(args: argparse.Namespace):
         strict_model_name=args.strict_model_name,
         token_ids=TokenIdMode.parse(args.token_ids),
         unhealthy_after=args.unhealthy_after,
+        embed_precision=args.embed_precision,
+        embed_ranges=ranges,
     )
     return create_app(backend, settings), backend, settings
 

@@ -65,6 +65,12 @@ class TeiEmbedRequest(_Request):
     truncation_direction: Optional[Direction] = Field(None, description="null takes the server's default side.")
     prompt_name: Optional[StrictStr] = Field(None, description="gte has no prompts; any value is refused.")
     dimensions: Optional[StrictInt] = None
+    encoding_format: Literal["float", "base64"] = Field(
+        "float",
+        description="float: JSON numbers (JSON ints for the server's int8/uint8/binary/ubinary precision); "
+        "base64: each vector's bytes as the precision stores them (little-endian float32, int8, uint8, or the "
+        "packed bits of binary/ubinary).",
+    )
 
 
 class TeiRerankRequest(_Request):
@@ -159,3 +165,5 @@ class Info(BaseModel):
     max_concurrent_requests: int
     max_client_batch_size: int
     version: str
+    embed_precision: str = "float32"
+    embed_ranges: Optional[dict] = None

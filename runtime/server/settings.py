@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..errors import InvalidInputError
+from ..errors import InvalidInputError, PrecisionError
+from ..precision import CalibrationRanges, check_precision, needs_ranges
 from ..tokenize import TRUNCATE_POLICIES
 from .token_ids import TokenIdMode
 
@@ -35,6 +36,10 @@ class ServerSettings:
     strict_model_name: bool = False
     token_ids: TokenIdMode = field(default_factory=TokenIdMode)
     unhealthy_after: int = DEFAULT_UNHEALTHY_AFTER
+    # The vectors TEI's /embed (and /) answers with: float32, or int8/uint8/binary/ubinary as JSON ints (or
+    # base64 of the packed bytes on request). OpenAI's /v1/embeddings always answers float32.
+    embed_precision: str = "float32"
+    embed_ranges: CalibrationRanges | None = None
 
     def __post_init__(self) -> None:
         if not self.model_name:
@@ -46,6 +51,13 @@ class ServerSettings:
                 raise InvalidInputError(f"{name} must be a positive integer, got {value!r}")
         if self.truncate not in TRUNCATE_POLICIES:
             raise InvalidInputError(f"truncate must be one of {TRUNCATE_POLICIES}, got {self.truncate!r}")
+        check_precision(self.embed_precision)
+        if needs_ranges(self.embed_precision) and self.embed_ranges is None:
+            raise PrecisionError(
+                f"--embed-precision {self.embed_precision} needs calibration ranges: pass --embed-ranges FILE "
+                "(from `gte-onnx calibrate MODEL --file SAMPLE.txt -o FILE`) or record them in the model folder "
+                "with `gte-onnx calibrate --record`"
+            )
         if self.api_key is not None and not self.api_key.strip():
             raise InvalidInputError("the API key must not be empty or blank")
 

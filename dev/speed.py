@@ -1,6 +1,11 @@
 """Interleaved latency of several contenders in one process: ONNX files on ORT's CPU EP and OpenVINO IRs.
 
     python dev/speed.py --shapes 1x16,1x128,32x128 ours=ort:/tmp/m/model_int8.onnx nncf=ov:/tmp/ov/nncf_int8.xml
+    python dev/speed.py native=gte:FOLDER#int8 avx2-route=gte:FOLDER#int8@x86-avx2
+
+`gte:FOLDER#VARIANT` runs the variant through the runtime's own session (gte_onnx.session.OnnxModel: the
+manifest's optimisation level and the CPU route of this machine's kernel family); `@FAMILY` takes the route of
+another family (e.g. the u8-weights route int8 takes on x86 without VNNI), to price it on this CPU.
 
 Every round runs each contender once, in a fresh random order, after a short pause, so no contender
 always follows the same neighbour (ORT's spinning threads bias whoever runs next; spinning is off here
@@ -52,11 +57,32 @@ def ov_runner(path: str, threads: int, hint: str | None):
     return run
 
 
+def gte_runner(target: str, threads: int):
+    from gte_onnx import kernel_family
+    from gte_onnx.manifest import Manifest
+    from gte_onnx.session import OnnxModel
+
+    target, _, family = target.partition("@")
+    folder, _, variant = target.partition("#")
+    detect = kernel_family.detect_family
+    if family:  # the session is built with that family's route
+        kernel_family.detect_family = lambda: family
+    try:
+        model = OnnxModel(folder, Manifest.load(folder), variant or "auto", "cpu", threads,
+                          session_config={"session.intra_op.allow_spinning": "0"})
+    finally:
+        kernel_family.detect_family = detect
+    print(f"{target}@{family or model.family}: variant {model.variant.name}, route {model.route.name}", flush=True)
+    return lambda ids, mask: model.run(model.feed(ids, mask))
+
+
 def make(spec: str, threads: int):
     name, _, target = spec.partition("=")
     kind, _, path = target.partition(":")
     if kind == "ort":
         return name, ort_runner(path, threads, "CPUExecutionProvider")
+    if kind == "gte":
+        return name, gte_runner(path, threads)
     if kind == "ortov":  # onnxruntime-openvino's execution provider
         return name, ort_runner(path, threads, "OpenVINOExecutionProvider")
     if kind in ("ov", "ovf32"):
@@ -89,7 +115,7 @@ def measure(runners, shape, budget_s: float, min_rounds: int):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("contenders", nargs="+", help="name=ort:FILE.onnx | name=ov:FILE.xml | name=ortov:FILE.onnx")
+    parser.add_argument("contenders", nargs="+", help="name=ort:FILE.onnx | name=ov:FILE.xml | name=ortov:FILE.onnx | name=gte:FOLDER#VARIANT[@FAMILY]")
     parser.add_argument("--shapes", default="1x16,1x128,32x128,8x512")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--budget", type=float, default=20.0, help="seconds per shape")

@@ -294,7 +294,7 @@ def info_main(argv: list[str]) -> int:
     parser.add_argument("model", help="model folder or hub id")
     add_model_source_options(parser)
     args = parser.parse_args(argv)
-    from .kernel_family import folder_records
+    from .kernel_family import FLOAT_KINDS, covered, folder_records, variant_kind
     from .manifest import Manifest
     from .resolve import resolve_model
 
@@ -305,8 +305,11 @@ def info_main(argv: list[str]) -> int:
           + (" (random weights)" if manifest.source.get("random_weights") else ""))
     for name, v in manifest.variants.items():
         gate = "passes" if v.passes_gate() else "FAILS/unmeasured"
-        where = ", ".join(f"{family} {'passed' if r.get('passed') else 'FAILED'}"
-                          for family, r in sorted(folder_records(v).items()))
+        kind = variant_kind(v)
+        where = ", ".join(
+            f"{family} {'passed' if r.get('passed') else 'FAILED'}"
+            + (f" (holds on {', '.join(covered(kind, family))})" if kind not in FLOAT_KINDS and covered(kind, family) else "")
+            for family, r in sorted(folder_records(v).items()))
         print(f"  {name:<8} {v.file:<22} {v.total_bytes / 1e6:8.1f} MB  gate {gate}"
               + (f"; measured on {where}" if where else ""))
     for provider, ranking in manifest.speed_ranking.items():

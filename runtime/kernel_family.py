@@ -165,6 +165,11 @@ def same_arithmetic(kind: str, a: str, b: str) -> bool:
     return any(a in group and b in group for group in SAME_ARITHMETIC.get(kind, ()))
 
 
+def covered(kind: str, measured_on: str) -> list[str]:
+    """The other known families a measurement on `measured_on` holds for (same arithmetic)."""
+    return [f for f in FAMILIES if f != measured_on and same_arithmetic(kind, f, measured_on)]
+
+
 # ---- where a variant's fidelity was verified --------------------------------------------------------
 @dataclass(frozen=True)
 class Verification:

@@ -48,9 +48,16 @@ def test_order_is_restored_after_length_sorting(tiny_gte):
 
 
 def test_token_budget_bounds_the_padded_batch(tiny_gte_dir):
+    """Every padded batch the session sees stays within max_batch_tokens (a text longer than the budget runs
+    alone), and the vectors do not depend on how the texts were batched."""
     small = Embedder(tiny_gte_dir, threads=1, max_batch_tokens=256)
-    texts = ["word " * 200, "x", "y", "z"]
+    shapes = []
+    run = small.onnx.run
+    small.onnx.run = lambda feed: shapes.append(feed["input_ids"].shape) or run(feed)
+    texts = ["word " * 200, "x", "y", "z"] + ["a few words of text"] * 40
     a = small.encode(texts, batch_size=32)
+    assert len(shapes) > 2
+    assert all(rows * width <= 256 or rows == 1 for rows, width in shapes), shapes
     b = Embedder(tiny_gte_dir, threads=1).encode(texts, batch_size=32)
     np.testing.assert_allclose(a, b, atol=1e-5)
 

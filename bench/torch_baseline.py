@@ -116,10 +116,12 @@ class TorchBackend:
             "parameters": int(sum(p.numel() for p in self.model.parameters())),
         }
 
-    def prepare(self, input_ids: np.ndarray) -> dict[str, Any]:
+    def prepare(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> dict[str, Any]:
         torch = self._torch
         ids = torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64))
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        if attention_mask is None:
+            return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        return {"input_ids": ids, "attention_mask": torch.from_numpy(np.ascontiguousarray(attention_mask, dtype=np.int64))}
 
     def _forward(self, feed: Mapping[str, Any]):
         torch = self._torch
@@ -132,8 +134,8 @@ class TorchBackend:
         # Embedding models return last_hidden_state, rerank models logits; either is the first item.
         return out[0]
 
-    def hidden(self, input_ids: np.ndarray) -> np.ndarray:
-        return self._forward(self.prepare(input_ids)).float().numpy()
+    def hidden(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
+        return self._forward(self.prepare(input_ids, attention_mask)).float().numpy()
 
     def run(self, feed: Mapping[str, Any]) -> float:
         start = time.perf_counter()

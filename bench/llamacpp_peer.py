@@ -57,8 +57,7 @@ def import_llama_cpp():
 def converter_path() -> Path:
     """llama.cpp's convert_hf_to_gguf.py: $LLAMA_CPP_CONVERTER, else the copy install-llamacpp.sh made."""
     env = os.environ.get(CONVERTER_ENV)
-    candidates = [Path(env)] if env else []
-    candidates.append(Path(sys.prefix) / "share" / "gte-onnx" / "llama.cpp" / "convert_hf_to_gguf.py")
+    candidates = [Path(env)] if env else [Path(sys.prefix) / "share" / "gte-onnx" / "llama.cpp" / "convert_hf_to_gguf.py"]
     for path in candidates:
         if path.is_file():
             return path

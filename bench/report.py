@@ -393,7 +393,7 @@ def plot(result: Mapping[str, Any], path: str | Path, quality: Mapping[str, Any]
     contenders = {c["key"]: c for c in result["contenders"]}
     measured = _measured_points(rows, shape, contenders)
     drops = quality_drops(quality)
-    title = (f"{Path(result['model']['folder']).name}: speed vs fidelity ({short_label(result['machine'])})")
+    title = f"{Path(result['model']['folder']).name}: speed vs fidelity\n{short_label(result['machine'])}"
     if measured:
         panels = 2 if drops else 1
         fig, axes = plt.subplots(1, panels, figsize=(7.5 * panels, 6), squeeze=False)

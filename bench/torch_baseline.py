@@ -159,16 +159,24 @@ class TorchBackend:
         torch = self._torch
         start = time.perf_counter()
         encoded = tokenizer.encode(list(texts), "end")
+        out = np.zeros((len(encoded.ids), manifest.dim), dtype=np.float32)
         for rows in plan_batches(encoded.lengths, batch_size, DEFAULT_MAX_BATCH_TOKENS):
             ids, mask = pad_batch([encoded.ids[i] for i in rows], tokenizer.pad_token_id)
             hidden = self._forward({"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)})
             vectors = pool(manifest.pooling, hidden.float().numpy(), mask)
-            if manifest.normalize:
-                l2_normalize(vectors)
+            out[list(rows)] = l2_normalize(vectors) if manifest.normalize else vectors
         seconds = time.perf_counter() - start
+        from .corpus import check_corpus_vectors
+
+        def alone(text: str) -> np.ndarray:
+            ids = np.asarray([tokenizer.encode([text], "end").ids[0]], dtype=np.int64)
+            vector = pool(manifest.pooling, self.hidden(ids), np.ones_like(ids))
+            return (l2_normalize(vector) if manifest.normalize else vector)[0]
+
         return {
             "seconds": seconds,
             "texts": len(encoded.ids),
             "tokens": int(sum(encoded.lengths)),
             "truncated": len(encoded.truncated),
+            "check": check_corpus_vectors(out, list(texts), alone),
         }

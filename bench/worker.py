@@ -85,11 +85,16 @@ class OnnxBackend:
         start = time.perf_counter()
         out = self.embedder.encode(list(texts), batch_size=batch_size, show_progress=False)
         seconds = time.perf_counter() - start
+        from .corpus import check_corpus_vectors
+
+        check = check_corpus_vectors(out, list(texts),
+                                     lambda t: self.embedder.encode([t], batch_size=1, show_progress=False)[0])
         return {
             "seconds": seconds,
             "texts": int(out.shape[0]),
             "tokens": int(sum(min(n, self.embedder.max_length) for n in out.token_counts)),
             "truncated": len(out.truncated),
+            "check": check,
         }
 
 

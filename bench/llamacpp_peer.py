@@ -151,7 +151,7 @@ class LlamaCppBackend:
         threads = int(self.threads) if self.threads else None
         self.llm = llama_cpp.Llama(
             str(self.dir / record["file"]), embedding=True, pooling_type=pooling_type,
-            n_ctx=self.n_ctx, n_batch=self.n_ctx, n_ubatch=self.n_ctx, n_seq_max=64,
+            n_ctx=self.n_ctx, n_batch=self.n_ctx, n_ubatch=self.n_ctx,
             n_threads=threads, n_threads_batch=threads, verbose=False,
         )
         self.pooling = pooling

@@ -173,6 +173,61 @@ def contenders_table(result: Mapping[str, Any]) -> str:
     return _pipe_table(header, rows, [False, False, True, True, True, False, False] + [False] * measured)
 
 
+def summary_table(result: Mapping[str, Any]) -> str:
+    """One row per contender, read at a glance: median ms per shape, the largest peak RSS over the
+    shapes, load s, file MB, the measured centred cosine and the padded-batch verdict."""
+    shapes = [s for s in result["settings"]["shapes"]]
+    cells: dict[tuple[str, str], Mapping[str, Any]] = {
+        (r["key"], r["shape"]): r for r in result["results"] if r["mode"] == "shape"}
+    measured = any(c.get("measured_fidelity") for c in result["contenders"])
+    header = ["contender", "engine", *[f"{s} ms" for s in shapes], "peak RSS GB", "load s", "file MB"]
+    if measured:
+        header += ["centred cos", "padded batch"]
+    rows = []
+    for c in result["contenders"]:
+        line = [c["name"], PROVIDER_SHORT.get(c["provider"], c["provider"])]
+        peaks = []
+        for shape in shapes:
+            r = cells.get((c["key"], shape))
+            if r is None or r["error"] is not None:
+                line.append("failed")
+            else:
+                line.append(_ms(r["median_s"]))
+                if r.get("peak_rss_bytes"):
+                    peaks.append(r["peak_rss_bytes"])
+        line += [f"{max(peaks) / 1e9:.2f}" if peaks else "-", _fmt(c.get("load_s"), ".2f"), _mb(c.get("file_bytes"))]
+        if measured:
+            m = c.get("measured_fidelity") or {}
+            if m.get("reference"):
+                ccos = "reference"
+            elif "centred_cosine_mean" in m:
+                ccos = f"{m['centred_cosine_mean']:.5f}"
+            else:
+                ccos = "-"
+            verdict = m.get("padded") or "-"
+            if verdict == "NaN":
+                verdict = f"NaN ({m.get('padded_nonfinite_rows')}/{m.get('padded_rows')} rows)"
+            elif verdict == "moves":
+                verdict = f"moves (cos {m.get('padded_cosine_min', float('nan')):.4f})"
+            line += [ccos, verdict]
+        if c.get("error"):
+            line = line[:2] + ["failed"] * (len(header) - 2)
+        rows.append(line)
+    right = [False, False] + [True] * (len(header) - 2 - 2 * measured) + [True, False][:2 * measured]
+    errors = {c["name"]: c["error"] for c in result["contenders"] if c.get("error")}
+    for c in result["contenders"]:  # loaded, then died or failed: the first reason the run recorded
+        why = (c.get("measured_fidelity") or {}).get("error") or next(
+            (r["error"] for r in result["results"] if r["key"] == c["key"] and r["error"]), None)
+        if why and c["name"] not in errors:
+            errors[c["name"]] = why
+    if errors:  # a contender that could not build or load says why, in the table itself
+        header.append("why it failed")
+        right.append(False)
+        for line in rows:
+            line.append(_first_line(errors[line[0]], 110) if line[0] in errors else "")
+    return _pipe_table(header, rows, right)
+
+
 def failures(result: Mapping[str, Any]) -> list[str]:
     """One line per distinct failure: which contender, where, and the first line of why."""
     lines: list[str] = []
@@ -216,6 +271,8 @@ def format_report(result: Mapping[str, Any]) -> str:
         contenders_table(result),
         "",
         results_table(result),
+        "",
+        summary_table(result),
     ]
     twins = result.get("twins")
     if twins:

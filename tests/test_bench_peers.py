@@ -18,7 +18,7 @@ PEERS = ["optimum-fp32", "optimum-int8", "openvino", "openvino-int8"]
 def test_parse_peers_families_and_single_peers():
     assert parse_peers("optimum,openvino") == PEERS
     assert parse_peers("openvino-int8,optimum") == ["openvino-int8", "optimum-fp32", "optimum-int8"]
-    assert parse_peers(None) == [] and set(PEER_FAMILIES) == {"optimum", "openvino"}
+    assert parse_peers(None) == [] and set(PEER_FAMILIES) == {"optimum", "openvino", "llamacpp", "hub"}
     with pytest.raises(InvalidInputError, match="unknown peer 'fastembed'"):
         parse_peers("optimum,fastembed")
 

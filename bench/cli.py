@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from ..clierrors import verb_main
 from ..errors import InvalidInputError, missing_dependency
@@ -60,8 +62,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic token ids (default 0)")
     p.add_argument("--peers", metavar="LIST", help="also build and time other engines from the same "
                    "checkpoint (--torch's model, default auto): optimum (plain ONNX export fp32 + dynamic int8), "
-                   "openvino (default precision + NNCF int8), or single peers such as openvino-int8; needs "
-                   "the [peers] extra for openvino")
+                   "openvino (default precision + NNCF int8), llamacpp (GGUF f16, q8_0, q4_k_m via llama-cpp-python), "
+                   "hub (transformers.js' fp16/int8/uint8/quantized/q4/q4f16/bnb4 files on our runtime), or "
+                   "single peers such as openvino-int8; needs the [peers] extra (and [llamacpp] for llamacpp)")
     p.add_argument("--peers-cache", metavar="DIR", help="where built peers are kept between runs (default "
                    "~/.cache/gte-onnx/bench-peers)")
     p.add_argument("--peers-calibration", type=int, default=300, metavar="N", help="calibration texts of "
@@ -80,7 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds one call may take before its "
                    "worker is stopped (default 1800)")
     p.add_argument("--json", metavar="OUT", help="write the full record (machine, settings, samples) as JSON")
-    p.add_argument("--plot", metavar="OUT.png", help="write a PNG of speed vs fidelity (needs matplotlib)")
+    p.add_argument("--plot", metavar="OUT.png", help="write a PNG of speed vs fidelity, the Pareto front marked "
+                   "(needs matplotlib)")
+    p.add_argument("--quality", metavar="JSON", help="with --plot: a second panel against each form's real-weights "
+                   "STS-B drop, from dev/peer_data_fidelity.py --json on all-MiniLM-L6-v2")
     p.add_argument("--record", action="store_true", help="write the measured speed ranking into the "
                    "manifest's speed_ranking (used by variant='auto')")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
@@ -176,7 +182,8 @@ def main(argv: Sequence[str]) -> int:
     if args.json:
         print(f"wrote {write_json(result, args.json)}")
     if args.plot:
-        print(f"wrote {plot(result, args.plot)}")
+        quality = json.loads(Path(args.quality).read_text(encoding="utf-8")) if args.quality else None
+        print(f"wrote {plot(result, args.plot, quality)}")
     if args.record:
         updated = record_ranking(config.folder, result["ranking"])
         for provider, names in result["ranking"].items():

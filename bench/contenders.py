@@ -135,12 +135,34 @@ def plan_peers(manifest: Manifest, config: BenchConfig) -> list[Contender]:
             key=name, name=name, kind="peer", provider=PEER_ENGINE[name],
             spec={"kind": "peer", "peer": name, "engine": PEER_ENGINE[name], "cache": str(cache),
                   "folder": str(config.folder), "threads": config.threads, "spinning": config.spinning,
-                  "torch": torch_spec},
+                  "torch": torch_spec, **_engine_spec(name, PEER_ENGINE[name], cache, manifest, config)},
             meta={"variant": None, "file": None, "file_bytes": None, "recipe": {}, "fidelity": {},
                   "passed": None, "peer_cache": str(cache)},
         )
         for name in config.peers
     ]
+
+
+# The longest probe text --fidelity feeds one at a time (parity.probes.DEFAULT_LONG_TEXT, 1000 tokens).
+LONGEST_PROBE = 1024
+LLAMACPP_MIN_CONTEXT = 512  # llama-cpp-python's default n_ctx / n_batch
+
+
+def _engine_spec(name: str, engine: str, cache: Path, manifest: Manifest, config: BenchConfig) -> dict[str, Any]:
+    """What a peer's worker needs besides the common spec: a hub peer's imported folder and variant; a
+    llama.cpp peer's context (its physical batch must hold the longest single input of the run)."""
+    if engine == "gte-onnx":
+        from .hub_peer import HUB_MODES, MODEL_DIR, VARIANT
+
+        return {"hub_folder": str(cache / name / MODEL_DIR), "variant": VARIANT[HUB_MODES[name]]}
+    if engine == "llama.cpp":
+        from .shapes import DEFAULT_SHAPES, SHORT_SKIPS, parse_shapes
+
+        shapes = config.shapes or [s for s in parse_shapes(DEFAULT_SHAPES) if not (config.short and s.label in SHORT_SKIPS)]
+        longest = max([s.length for s in shapes] + [LONGEST_PROBE if config.fidelity else 0])
+        return {"n_ctx": min(manifest.max_length, max(LLAMACPP_MIN_CONTEXT, longest)),
+                "pooling": manifest.pooling}
+    return {}
 
 
 TWIN_SUFFIX = "~twin"

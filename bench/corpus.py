@@ -70,3 +70,28 @@ def load_corpus(spec: str, limit: int | None = None) -> tuple[str, list[str]]:
         texts = texts[:limit]
         name = f"{name}[:{limit}]"
     return name, texts
+
+
+# The corpus mode's vector check: a time is reported only for vectors that are finite and that equal,
+# within this cosine, the same documents embedded one at a time (no padding) by the same engine.
+CHECK_DOCUMENTS = 8
+CHECK_COSINE = 0.999
+
+
+def check_corpus_vectors(vectors, texts, embed_alone, n: int = CHECK_DOCUMENTS) -> dict:
+    """{"valid", "nonfinite_rows", "cosine_min_vs_alone", "why"}; embed_alone(text) -> one vector."""
+    import numpy as np
+
+    vectors = np.asarray(vectors, dtype=np.float64)
+    bad = int(np.sum(~np.all(np.isfinite(vectors), axis=1)))
+    sample = sorted(set(np.linspace(0, len(texts) - 1, min(n, len(texts))).astype(int).tolist()))
+    alone = np.stack([np.asarray(embed_alone(texts[i]), dtype=np.float64) for i in sample])
+    a = vectors[sample]
+    cos = np.sum(a * alone, axis=1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(alone, axis=1), 1e-30)
+    worst = float(np.min(np.where(np.isfinite(cos), cos, -1.0)))
+    why = []
+    if bad:
+        why.append(f"{bad} of {len(vectors)} vectors are not finite")
+    if worst < CHECK_COSINE:
+        why.append(f"a batched vector has cosine {worst:.4f} with the same document alone (< {CHECK_COSINE})")
+    return {"valid": not why, "nonfinite_rows": bad, "cosine_min_vs_alone": worst, "why": "; ".join(why)}

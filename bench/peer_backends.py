@@ -85,13 +85,48 @@ class PeerBuilder:
                 model = self._torch_model()  # a checkpoint that does not load fails every peer: raise
             start = time.perf_counter()
             try:
-                getattr(self, "_build_" + name.replace("-", "_"))(model)
+                self._build(name, model)
             except Exception as exc:  # noqa: BLE001 - one peer's engine failing must not stop the others
                 traceback.print_exc(file=sys.stderr)
                 built[name] = {"cached": False, "error": f"{type(exc).__name__}: {exc}"}
                 continue
             built[name] = {"cached": False, "build_s": time.perf_counter() - start}
         return {"built": built, "cache": str(self.cache)}
+
+    def _build(self, name: str, model) -> None:
+        from .hub_peer import HUB_MODES
+        from .llamacpp_peer import LLAMACPP_TYPES
+
+        if name in LLAMACPP_TYPES:
+            self._build_llamacpp(name, model)
+        elif name in HUB_MODES:
+            self._build_hub(name, model)
+        else:
+            getattr(self, "_build_" + name.replace("-", "_"))(model)
+
+    def _build_llamacpp(self, name: str, model) -> None:
+        from . import llamacpp_peer
+
+        if name != "llamacpp-f16" and not is_built(self.cache, "llamacpp-f16"):
+            self._build_llamacpp("llamacpp-f16", model)
+        tmp = self._tmp(name)
+        checkpoint = Path(str(self.spec["torch"].get("model", "")))
+        use_folder = checkpoint if checkpoint.is_dir() and not self.spec["torch"].get("random_weights") else None
+        hf_dir = llamacpp_peer.hf_folder_for(use_folder, model, self.folder, tmp)
+        record = llamacpp_peer.build(name, self.cache, hf_dir, tmp, self.spec.get("threads"))
+        if hf_dir != use_folder and hf_dir.is_dir():
+            shutil.rmtree(hf_dir)
+        _finish(tmp, peer_dir(self.cache, name), record)
+
+    def _build_hub(self, name: str, model) -> None:
+        from . import hub_peer
+
+        if not is_built(self.cache, "optimum-fp32"):
+            self._build_optimum_fp32(model)
+        tmp = self._tmp(name)
+        record = hub_peer.build(name, self.cache, peer_dir(self.cache, "optimum-fp32") / ONNX_FILE, self.folder, tmp,
+                                model.config)
+        _finish(tmp, peer_dir(self.cache, name), record)
 
     def _torch_model(self):
         from ..export.checkpoint import load_checkpoint

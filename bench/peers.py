@@ -11,6 +11,11 @@ Each family yields two contenders, the way sentence-transformers' backends make 
             avx512_bf16 or AMX, else fp32);
             openvino-int8: NNCF static int8 (what `export_static_quantized_openvino_model` makes: the
             transformer preset, 300 calibration texts of up to 384 tokens; here STS-B sentences, unpadded).
+  llamacpp  llamacpp-f16 / -q8_0 / -q4_k_m: GGUF files made by llama.cpp's convert_hf_to_gguf.py and
+            llama_model_quantize, run by llama-cpp-python's embedding path (bench/llamacpp_peer.py);
+  hub       hub-fp16 / -int8 / -uint8 / -quantized / -q4 / -q4f16 / -bnb4: the transformers.js files
+            (onnx/model_<mode>.onnx) made as that project's scripts/quantize.py makes them, `gte-onnx
+            import`ed and run on our runtime (bench/hub_peer.py).
 
 Peers are built once, in a worker process of their own (torch is needed there only), into a cache folder
 keyed on the checkpoint and the library versions, so a rerun only loads them. This module is torch-free.
@@ -26,15 +31,21 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInputError
+from .hub_peer import HUB_MODES
+from .llamacpp_peer import LLAMACPP_TYPES
 
 PEER_FAMILIES: dict[str, tuple[str, ...]] = {
     "optimum": ("optimum-fp32", "optimum-int8"),
     "openvino": ("openvino", "openvino-int8"),
+    "llamacpp": tuple(LLAMACPP_TYPES),
+    "hub": tuple(HUB_MODES),
 }
-# The engine each peer runs on, for the table's EP column and the worker.
+# The engine each peer runs on, for the table's EP column and the worker ("gte-onnx": our runtime, CPU).
 PEER_ENGINE = {"optimum-fp32": "onnxruntime", "optimum-int8": "onnxruntime",
-               "openvino": "openvino", "openvino-int8": "openvino"}
-PEER_INSTALL_HINT = "pip install 'gte-onnx[peers]'  (openvino, nncf; the optimum peers need only torch + onnxruntime)"
+               "openvino": "openvino", "openvino-int8": "openvino",
+               **{name: "llama.cpp" for name in LLAMACPP_TYPES}, **{name: "gte-onnx" for name in HUB_MODES}}
+PEER_INSTALL_HINT = ("pip install 'gte-onnx[peers]'  (openvino, nncf, onnxslim; the optimum and hub peers need only "
+                     "torch + onnxruntime); llama.cpp: bash scripts/install-llamacpp.sh")
 
 
 def parse_peers(text: str | Sequence[str] | None) -> list[str]:
@@ -81,7 +92,7 @@ def peer_versions() -> dict[str, str]:
     import importlib.metadata
 
     out = {}
-    for dist in ("torch", "transformers", "onnxruntime", "onnx", "openvino", "nncf"):
+    for dist in ("torch", "transformers", "onnxruntime", "onnx", "openvino", "nncf", "llama_cpp_python", "onnxslim"):
         try:
             out[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:

@@ -29,7 +29,7 @@ SIMILARITY_FIGURES = ("centred_cosine_mean", "centred_cosine_min", "cosine_mean"
 # Data-set figures worth a column of their own when recorded.
 DROP_FIGURES = ("sts_drop", "cisi_ndcg_drop")
 PROVIDER_SHORT = {"CPUExecutionProvider": "CPU", "CUDAExecutionProvider": "CUDA", "onnxruntime": "ORT",
-                  "openvino": "OpenVINO"}
+                  "openvino": "OpenVINO", "llama.cpp": "llama.cpp", "gte-onnx": "CPU"}
 
 
 # Nested fidelity records that hold figures of the variant itself (not gate limits or fp32's scores).
@@ -131,7 +131,24 @@ def measured_cell(measured: Mapping[str, Any] | None) -> str:
         parts.append(f"max|diff| {measured['max_abs_diff']:.2g}")
     if "centred_cosine_mean" in measured:
         parts.append(f"centred cos {measured['centred_cosine_mean']:.5f}")
+    mark = padded_mark(measured)
+    if mark:
+        parts.append(mark)
     return ", ".join(parts) or "-"
+
+
+def padded_mark(measured: Mapping[str, Any] | None) -> str:
+    """The padded-batch verdict in words: "" when the vectors stay put (or it was not measured)."""
+    if not measured:
+        return ""
+    verdict = measured.get("padded")
+    if verdict == "NaN":
+        return f"PADDED: NaN in {measured.get('padded_nonfinite_rows')}/{measured.get('padded_rows')} rows"
+    if verdict == "moves":
+        return f"PADDED: moves (cos {measured.get('padded_cosine_min', float('nan')):.4f})"
+    if verdict == "ok":
+        return f"padded ok ({measured.get('padded_max_abs_diff', 0.0):.1g})"
+    return ""
 
 
 def contenders_table(result: Mapping[str, Any]) -> str:
@@ -154,6 +171,61 @@ def contenders_table(result: Mapping[str, Any]) -> str:
             gate if c.get("error") is None else "load failed",
         ] + ([measured_cell(c.get("measured_fidelity"))] if measured else []))
     return _pipe_table(header, rows, [False, False, True, True, True, False, False] + [False] * measured)
+
+
+def summary_table(result: Mapping[str, Any]) -> str:
+    """One row per contender, read at a glance: median ms per shape, the largest peak RSS over the
+    shapes, load s, file MB, the measured centred cosine and the padded-batch verdict."""
+    shapes = [s for s in result["settings"]["shapes"]]
+    cells: dict[tuple[str, str], Mapping[str, Any]] = {
+        (r["key"], r["shape"]): r for r in result["results"] if r["mode"] == "shape"}
+    measured = any(c.get("measured_fidelity") for c in result["contenders"])
+    header = ["contender", "engine", *[f"{s} ms" for s in shapes], "peak RSS GB", "load s", "file MB"]
+    if measured:
+        header += ["centred cos", "padded batch"]
+    rows = []
+    for c in result["contenders"]:
+        line = [c["name"], PROVIDER_SHORT.get(c["provider"], c["provider"])]
+        peaks = []
+        for shape in shapes:
+            r = cells.get((c["key"], shape))
+            if r is None or r["error"] is not None:
+                line.append("failed")
+            else:
+                line.append(_ms(r["median_s"]))
+                if r.get("peak_rss_bytes"):
+                    peaks.append(r["peak_rss_bytes"])
+        line += [f"{max(peaks) / 1e9:.2f}" if peaks else "-", _fmt(c.get("load_s"), ".2f"), _mb(c.get("file_bytes"))]
+        if measured:
+            m = c.get("measured_fidelity") or {}
+            if m.get("reference"):
+                ccos = "reference"
+            elif "centred_cosine_mean" in m:
+                ccos = f"{m['centred_cosine_mean']:.5f}"
+            else:
+                ccos = "-"
+            verdict = m.get("padded") or "-"
+            if verdict == "NaN":
+                verdict = f"NaN ({m.get('padded_nonfinite_rows')}/{m.get('padded_rows')} rows)"
+            elif verdict == "moves":
+                verdict = f"moves (cos {m.get('padded_cosine_min', float('nan')):.4f})"
+            line += [ccos, verdict]
+        if c.get("error"):
+            line = line[:2] + ["failed"] * (len(header) - 2)
+        rows.append(line)
+    right = [False, False] + [True] * (len(header) - 2 - 2 * measured) + [True, False][:2 * measured]
+    errors = {c["name"]: c["error"] for c in result["contenders"] if c.get("error")}
+    for c in result["contenders"]:  # loaded, then died or failed: the first reason the run recorded
+        why = (c.get("measured_fidelity") or {}).get("error") or next(
+            (r["error"] for r in result["results"] if r["key"] == c["key"] and r["error"]), None)
+        if why and c["name"] not in errors:
+            errors[c["name"]] = why
+    if errors:  # a contender that could not build or load says why, in the table itself
+        header.append("why it failed")
+        right.append(False)
+        for line in rows:
+            line.append(_first_line(errors[line[0]], 110) if line[0] in errors else "")
+    return _pipe_table(header, rows, right)
 
 
 def failures(result: Mapping[str, Any]) -> list[str]:
@@ -199,6 +271,8 @@ def format_report(result: Mapping[str, Any]) -> str:
         contenders_table(result),
         "",
         results_table(result),
+        "",
+        summary_table(result),
     ]
     twins = result.get("twins")
     if twins:
@@ -301,10 +375,69 @@ def _recorded_points(rows, shape, contenders) -> tuple[str | None, list[tuple[Ma
     return figure_name, marks
 
 
-def plot(result: Mapping[str, Any], path: str | Path) -> Path:
-    """Speed (tokens/s at the reference shape) against fidelity, one point per variant and provider
-    (and per peer, squares, with --fidelity's measured figures); the PyTorch baselines are horizontal
-    lines."""
+def pareto_front(points: Sequence[tuple[str, float, float]]) -> list[str]:
+    """The names of the points no other point beats on both axes (both higher-is-better): a point is
+    dominated when another is at least as good on both and strictly better on one. In input order."""
+    front = []
+    for name, a, b in points:
+        dominated = any((a2 >= a and b2 >= b) and (a2 > a or b2 > b) for n2, a2, b2 in points if n2 != name)
+        if not dominated:
+            front.append(name)
+    return front
+
+
+# The plot's fidelity axis: 1 - centred cosine on a log scale, floored here (fp32 exports sit at ~1e-12).
+CLOSENESS_FLOOR = 1e-7
+
+
+def quality_drops(quality: Mapping[str, Any] | None) -> dict[str, float]:
+    """Contender name -> MiniLM STS-B drop (points, vs our fp32) from dev/peer_data_fidelity.py's JSON:
+    its rows "ours-<variant>" are our variants, the others are peers of the same name."""
+    if not quality:
+        return {}
+    out = {}
+    for name, row in (quality.get("rows") or {}).items():
+        drop = (row.get("drops_vs_ours_fp32") or {}).get("sts_drop")
+        if isinstance(drop, (int, float)) and math.isfinite(drop):
+            out[name[len("ours-"):] if name.startswith("ours-") else name] = float(drop)
+    return out
+
+
+def _panel(ax, points, xlabel: str, log_x: bool) -> None:
+    """One speed-vs-fidelity panel: points (label, x = how far off, latency ms, kind, padded verdict); the
+    Pareto front (lower latency, smaller x; contenders whose padded vectors are NaN left off) as a line."""
+    for label, x, ms, kind, verdict in points:
+        broken = verdict in ("NaN", "moves")
+        ax.scatter([x], [ms], s=46, marker="o" if kind == "onnx" else "s",
+                   facecolors="none" if broken else None, edgecolors="red" if broken else None,
+                   color=None if broken else ("tab:blue" if kind == "onnx" else "tab:orange"))
+        ax.annotate(label + (f" [{verdict} padded]" if broken else ""), (x, ms), textcoords="offset points",
+                    xytext=(4, 3), fontsize=7, color="red" if broken else "black")
+    # Both panels' x values say how far off a form is (1 - centred cosine, or a score drop): smaller is better.
+    candidates = [(p[0], -p[2], -p[1]) for p in points if p[4] != "NaN"]
+    front = set(pareto_front(candidates))
+    line = sorted((p for p in points if p[0] in front), key=lambda p: p[1])
+    if line:
+        ax.plot([p[1] for p in line], [p[2] for p in line], "--", color="green", linewidth=1,
+                label="Pareto front (faster or more faithful than every other point)")
+        ax.legend(fontsize=7, loc="lower left")
+    if log_x:
+        ax.set_xscale("log")
+        ax.invert_xaxis()
+    ax.set_yscale("log")
+    ax.invert_yaxis()
+    ax.set_xlabel(xlabel, fontsize=8)
+    ax.grid(True, alpha=0.3, which="both")
+
+
+def plot(result: Mapping[str, Any], path: str | Path, quality: Mapping[str, Any] | None = None) -> Path:
+    """Speed against fidelity, one labelled point per variant and peer, the Pareto front marked.
+
+    With --fidelity: median latency at the reference shape (32x128 when measured) against 1 - the
+    measured centred cosine vs PyTorch fp32 (log); contenders whose vectors turn NaN or move inside a
+    padded batch are drawn hollow and red and left off the front. With `quality` (the JSON of
+    dev/peer_data_fidelity.py on all-MiniLM-L6-v2) a second panel puts the same latency against each
+    form's real-weights STS-B drop. Without --fidelity: the variants' recorded figures (as before)."""
     try:
         import matplotlib
 
@@ -316,26 +449,42 @@ def plot(result: Mapping[str, Any], path: str | Path) -> Path:
     shape = _reference_shape(rows)
     contenders = {c["key"]: c for c in result["contenders"]}
     measured = _measured_points(rows, shape, contenders)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    drops = quality_drops(quality)
+    title = f"{Path(result['model']['folder']).name}: speed vs fidelity\n{short_label(result['machine'])}"
     if measured:
-        figure_name = f"{MEASURED_FIGURE} vs PyTorch fp32 (measured on the probe texts)"
-        marks = [(r, x, _point_label(r)) for r, x in measured]
+        panels = 2 if drops else 1
+        fig, axes = plt.subplots(1, panels, figsize=(7.5 * panels, 6), squeeze=False)
+        points = []
+        for r, ccos in measured:
+            verdict = (contenders[r["key"]].get("measured_fidelity") or {}).get("padded")
+            points.append((_point_label(r), max(1.0 - ccos, CLOSENESS_FLOOR), r["median_s"] * 1000, r["kind"], verdict))
+        _panel(axes[0][0], points, "1 - centred cosine vs PyTorch fp32 (probe texts, one at a time; log, right = closer)",
+               log_x=True)
+        axes[0][0].set_ylabel(f"median latency at {shape}, ms (log, up = faster)")
+        if drops:
+            by_name = {r["name"]: (r, p) for (r, _), p in zip(measured, points)}
+            second = [(p[0], drops[name], p[2], p[3], p[4]) for name, (r, p) in by_name.items() if name in drops]
+            _panel(axes[0][1], second, "all-MiniLM-L6-v2 STS-B Spearman drop vs our fp32, points (real weights; "
+                   "right = smaller drop)", log_x=False)
+            axes[0][1].invert_xaxis()
+            axes[0][1].set_ylabel(f"median latency at {shape}, ms (the gte run)")
+        fig.suptitle(title, fontsize=9)
     else:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
         figure_name, marks = _recorded_points(rows, shape, contenders)
-    for r, x, label in marks:
-        ax.scatter([x], [r["tokens_per_s"]], s=40, marker="o" if r["kind"] == "onnx" else "s")
-        ax.annotate(label, (x, r["tokens_per_s"]), textcoords="offset points", xytext=(5, 5), fontsize=9)
-    for r in rows:
-        if r["kind"] == "torch" and r["mode"] == "shape" and r["shape"] == shape and r["error"] is None:
-            ax.axhline(r["tokens_per_s"], linestyle="--", linewidth=1, color="gray")
-            ax.annotate(r["name"], (ax.get_xlim()[0], r["tokens_per_s"]), textcoords="offset points",
-                        xytext=(2, 3), fontsize=8, color="gray")
-    ax.set_xlabel(figure_name if figure_name else "file size (MB) - no fidelity recorded")
-    ax.set_ylabel(f"tokens/s at {shape}")
-    ax.set_title(f"{Path(result['model']['folder']).name}: speed vs fidelity "
-                 f"({short_label(result['machine'])})", fontsize=9)
-    ax.grid(True, alpha=0.3)
-    ax.margins(x=0.15, y=0.1)  # room for the labels
+        for r, x, label in marks:
+            ax.scatter([x], [r["tokens_per_s"]], s=40, marker="o" if r["kind"] == "onnx" else "s")
+            ax.annotate(label, (x, r["tokens_per_s"]), textcoords="offset points", xytext=(5, 5), fontsize=9)
+        for r in rows:
+            if r["kind"] == "torch" and r["mode"] == "shape" and r["shape"] == shape and r["error"] is None:
+                ax.axhline(r["tokens_per_s"], linestyle="--", linewidth=1, color="gray")
+                ax.annotate(r["name"], (ax.get_xlim()[0], r["tokens_per_s"]), textcoords="offset points",
+                            xytext=(2, 3), fontsize=8, color="gray")
+        ax.set_xlabel(figure_name if figure_name else "file size (MB) - no fidelity recorded")
+        ax.set_ylabel(f"tokens/s at {shape}")
+        ax.set_title(title, fontsize=9)
+        ax.grid(True, alpha=0.3)
+        ax.margins(x=0.15, y=0.1)  # room for the labels
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

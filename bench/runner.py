@@ -231,8 +231,13 @@ class _Run:
             outcome = outcomes.get(contender.key)
             error = outcome.error if outcome else self._reason(contender)
             reply = replies.get(contender.key, {})
+            check = reply.get("check")
+            if error is None and check is not None and not check["valid"]:
+                # A time of broken vectors is not a time: the row reports why instead.
+                error = f"vectors failed the check: {check['why']}"
             rows.append(_row(contender, "corpus", corpus_name, None, None, reply.get("texts", len(texts)),
                              reply.get("tokens"), outcome, peaks.get(contender.key), self.rss_scope, error))
+            rows[-1]["vector_check"] = check
         return rows
 
     def close(self) -> None:

@@ -116,10 +116,12 @@ class TorchBackend:
             "parameters": int(sum(p.numel() for p in self.model.parameters())),
         }
 
-    def prepare(self, input_ids: np.ndarray) -> dict[str, Any]:
+    def prepare(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> dict[str, Any]:
         torch = self._torch
         ids = torch.from_numpy(np.ascontiguousarray(input_ids, dtype=np.int64))
-        return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        if attention_mask is None:
+            return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        return {"input_ids": ids, "attention_mask": torch.from_numpy(np.ascontiguousarray(attention_mask, dtype=np.int64))}
 
     def _forward(self, feed: Mapping[str, Any]):
         torch = self._torch
@@ -132,8 +134,8 @@ class TorchBackend:
         # Embedding models return last_hidden_state, rerank models logits; either is the first item.
         return out[0]
 
-    def hidden(self, input_ids: np.ndarray) -> np.ndarray:
-        return self._forward(self.prepare(input_ids)).float().numpy()
+    def hidden(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
+        return self._forward(self.prepare(input_ids, attention_mask)).float().numpy()
 
     def run(self, feed: Mapping[str, Any]) -> float:
         start = time.perf_counter()
@@ -157,16 +159,24 @@ class TorchBackend:
         torch = self._torch
         start = time.perf_counter()
         encoded = tokenizer.encode(list(texts), "end")
+        out = np.zeros((len(encoded.ids), manifest.dim), dtype=np.float32)
         for rows in plan_batches(encoded.lengths, batch_size, DEFAULT_MAX_BATCH_TOKENS):
             ids, mask = pad_batch([encoded.ids[i] for i in rows], tokenizer.pad_token_id)
             hidden = self._forward({"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)})
             vectors = pool(manifest.pooling, hidden.float().numpy(), mask)
-            if manifest.normalize:
-                l2_normalize(vectors)
+            out[list(rows)] = l2_normalize(vectors) if manifest.normalize else vectors
         seconds = time.perf_counter() - start
+        from .corpus import check_corpus_vectors
+
+        def alone(text: str) -> np.ndarray:
+            ids = np.asarray([tokenizer.encode([text], "end").ids[0]], dtype=np.int64)
+            vector = pool(manifest.pooling, self.hidden(ids), np.ones_like(ids))
+            return (l2_normalize(vector) if manifest.normalize else vector)[0]
+
         return {
             "seconds": seconds,
             "texts": len(encoded.ids),
             "tokens": int(sum(encoded.lengths)),
             "truncated": len(encoded.truncated),
+            "check": check_corpus_vectors(out, list(texts), alone),
         }

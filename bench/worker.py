@@ -67,11 +67,11 @@ class OnnxBackend:
         return {"provider": provider, "threads": threads, "variant": variant,
                 "onnxruntime": onnxruntime.__version__, "session_config": dict(self.session_config)}
 
-    def prepare(self, input_ids: np.ndarray) -> dict[str, np.ndarray]:
-        return self.model.feed(input_ids, np.ones_like(input_ids))
+    def prepare(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        return self.model.feed(input_ids, np.ones_like(input_ids) if attention_mask is None else attention_mask)
 
-    def hidden(self, input_ids: np.ndarray) -> np.ndarray:
-        return np.asarray(self.model.run(self.prepare(input_ids)), dtype=np.float32)
+    def hidden(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
+        return np.asarray(self.model.run(self.prepare(input_ids, attention_mask)), dtype=np.float32)
 
     def run(self, feed: Mapping[str, np.ndarray]) -> float:
         start = time.perf_counter()
@@ -85,11 +85,16 @@ class OnnxBackend:
         start = time.perf_counter()
         out = self.embedder.encode(list(texts), batch_size=batch_size, show_progress=False)
         seconds = time.perf_counter() - start
+        from .corpus import check_corpus_vectors
+
+        check = check_corpus_vectors(out, list(texts),
+                                     lambda t: self.embedder.encode([t], batch_size=1, show_progress=False)[0])
         return {
             "seconds": seconds,
             "texts": int(out.shape[0]),
             "tokens": int(sum(min(n, self.embedder.max_length) for n in out.token_counts)),
             "truncated": len(out.truncated),
+            "check": check,
         }
 
 
@@ -107,6 +112,11 @@ def import_library(spec: Mapping[str, Any]) -> float:
             import openvino  # noqa: F401
         except ImportError:
             pass  # PeerBackend.load() raises the error with the install hint
+    elif spec.get("kind") == "peer" and spec.get("engine") == "llama.cpp":
+        try:
+            import llama_cpp  # noqa: F401
+        except ImportError:
+            pass  # LlamaCppBackend.load() raises the error with the install hint
     else:
         try:
             import onnxruntime  # noqa: F401
@@ -124,6 +134,14 @@ def make_backend(spec: Mapping[str, Any]):
         from .torch_baseline import TorchBackend
 
         return TorchBackend(spec["torch"], spec["dtype"], spec.get("threads"), spec["folder"])
+    if kind == "peer" and spec.get("engine") == "llama.cpp":
+        from .llamacpp_peer import LlamaCppBackend
+
+        return LlamaCppBackend(spec)
+    if kind == "peer" and spec.get("engine") == "gte-onnx":
+        # A hub peer: the imported transformers.js file on our runtime, exactly as a user loads it.
+        return OnnxBackend(spec["hub_folder"], spec["variant"], "CPUExecutionProvider", spec.get("threads"),
+                           "shapes", spec.get("spinning", "stop"))
     if kind in ("peer", "peer_build"):
         from .peer_backends import PeerBackend, PeerBuilder
 
@@ -138,18 +156,40 @@ class WorkerLoop:
         self.inputs: dict[str, Any] = {}
         self.corpus: list[str] = []
 
-    def pooled(self, texts_ids: Sequence[Sequence[int]]) -> list[list[float]]:
-        """The model folder's pooling of each probe input, one input at a time (no padding involved),
-        unnormalised: what --fidelity compares against PyTorch fp32."""
+    def _pool(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """(B, H) unnormalised vectors: the backend's own pooling (llama.cpp) or the folder's over its
+        last hidden state."""
         from ..manifest import Manifest
         from ..pooling import pool
 
+        if getattr(self.backend, "pooled_natively", False):
+            return np.asarray(self.backend.pooled(ids, mask), dtype=np.float64)
         pooling = Manifest.load(self.spec["folder"]).pooling
+        return pool(pooling, self.backend.hidden(ids, mask), mask).astype(np.float64)
+
+    def pooled(self, texts_ids: Sequence[Sequence[int]]) -> list[list[float]]:
+        """The model folder's pooling of each probe input, one input at a time (no padding involved),
+        unnormalised: what --fidelity compares against PyTorch fp32."""
         out = []
         for ids in texts_ids:
             row = np.asarray([ids], dtype=np.int64)
-            hidden = self.backend.hidden(row)
-            out.append(pool(pooling, hidden, np.ones_like(row))[0].astype(np.float64).tolist())
+            out.append(self._pool(row, np.ones_like(row))[0].tolist())
+        return out
+
+    def pooled_batches(self, batches: Sequence[Sequence[Sequence[int]]]) -> list[list[float]]:
+        """Each batch of inputs right-padded with the folder's pad id and run as one call with its mask
+        (a mixed-length batch, as a corpus or data-set evaluation runs); the vectors in input order."""
+        from ..manifest import Manifest
+
+        pad = int(Manifest.load(self.spec["folder"]).tokenizer.get("pad_token_id") or 0)
+        out: list[list[float]] = []
+        for rows in batches:
+            width = max(len(r) for r in rows)
+            ids = np.full((len(rows), width), pad, dtype=np.int64)
+            mask = np.zeros_like(ids)
+            for i, r in enumerate(rows):
+                ids[i, : len(r)], mask[i, : len(r)] = r, 1
+            out.extend(self._pool(ids, mask).tolist())
         return out
 
     def handle(self, cmd: Mapping[str, Any]) -> dict[str, Any]:
@@ -166,6 +206,8 @@ class WorkerLoop:
             return {"seconds": self.backend.run(self.inputs[cmd["key"]])}
         if op == "pooled":
             return {"vectors": self.pooled(cmd["ids"])}
+        if op == "pooled_batches":
+            return {"vectors": self.pooled_batches(cmd["batches"])}
         if op == "reset_peak":
             return {"supported": reset_peak_rss()}
         if op == "peak":

@@ -1,20 +1,28 @@
-"""Data-set fidelity of our fp32 / int8 variants and of the OpenVINO peers, measured the same way.
+"""Data-set fidelity of our variants and of every bench peer (every quantized form), measured the same way.
 
-    python dev/peer_data_fidelity.py MINILM_CHECKPOINT ONNX_DIR [--peers-cache DIR] [--threads N]
-                                     [--batch-size N] [--no-torch-data] [--json OUT]
+    python dev/peer_data_fidelity.py MINILM_CHECKPOINT ONNX_DIR [--peers LIST] [--peers-cache DIR]
+                                     [--threads N] [--batch-size N] [--no-torch-data] [--json OUT]
 
 MINILM_CHECKPOINT is the sentence-transformers folder the ONNX_DIR was exported from (ONNX_DIR holds
-model.onnx and model_int8.onnx: `gte-onnx export CKPT DIR && gte-onnx quantize DIR --variants int8`).
+model.onnx and model_int8.onnx, and model_q4.onnx when quantized so: `gte-onnx export CKPT DIR &&
+gte-onnx quantize DIR --variants int8,q4`).
 
 Rows:
   pytorch          sentence-transformers on the checkpoint (the probe reference; its data scores unless
                    --no-torch-data)
-  ours-fp32/-int8  the folder's variants through gte_onnx.Embedder.encode: exactly what
+  ours-fp32/-int8/-q4  the folder's variants through gte_onnx.Embedder.encode: exactly what
                    `gte-onnx quantize --eval full` scores
+  --peers (bench's names and families, default optimum-int8,openvino,hub,llamacpp):
+  optimum-int8     the plain ONNX export's dynamic int8 (sentence-transformers' ONNX backend recipe)
   openvino         bench's OpenVINO peer (openvino.convert_model, the CPU plugin's default inference
                    precision: bf16 on CPUs with avx512_bf16 / AMX)
   openvino-int8    bench's NNCF static int8 peer (transformer preset, 300 STS-B calibration sentences), as
                    sentence-transformers' export_static_quantized_openvino_model makes it
+  hub-*            the transformers.js files (fp16, int8, uint8, quantized, q4, q4f16, bnb4), `gte-onnx
+                   import`ed and run through gte_onnx.Embedder.encode (bench/hub_peer.py)
+  llamacpp-*       GGUF f16 / q8_0 / q4_k_m through llama-cpp-python, llama.cpp's own mean/CLS pooling
+                   over our token ids (bench/llamacpp_peer.py)
+A peer that fails to build or run is a row with its error, not the end of the run.
 
 The peers are built by bench.peer_backends.PeerBuilder into the same cache `gte-onnx bench --peers
 openvino --torch CKPT --peers-cache DIR` uses (so either reuses the other's build), and run by its
@@ -41,8 +49,11 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_SETS = ("sts-b", "cisi")
-PEERS = ("openvino", "openvino-int8")
-OURS = ("fp32", "int8")
+DEFAULT_PEERS = "optimum-int8,openvino,hub,llamacpp"
+OURS = ("fp32", "int8", "q4")
+# A quantized peer's "own" fp32: the same engine's unquantized form.
+OWN_REFERENCE = {"openvino-int8": "openvino", "optimum-int8": "optimum-fp32", "llamacpp-q8_0": "llamacpp-f16",
+                 "llamacpp-q4_k_m": "llamacpp-f16"}
 
 
 class PeerEmbedder:
@@ -67,6 +78,8 @@ class PeerEmbedder:
         mask = np.zeros_like(ids)
         for i, r in enumerate(rows):
             ids[i, : len(r)], mask[i, : len(r)] = r, 1
+        if getattr(self.backend, "pooled_natively", False):  # llama.cpp pools itself
+            return np.asarray(self.backend.pooled(ids, mask), dtype=np.float32)
         return pool(self.manifest.pooling, self.backend.hidden(ids, mask), mask).astype(np.float32)
 
     def encode(self, texts: list[str], normalize: bool = True, batch_size: int | None = None) -> np.ndarray:
@@ -82,7 +95,7 @@ class PeerEmbedder:
         return l2_normalize(out) if normalize else out
 
 
-def build_peers(checkpoint: str, folder: Path, peers_cache: str | None, log) -> tuple[Path, dict]:
+def build_peers(checkpoint: str, folder: Path, peers: list[str], peers_cache: str | None, log) -> tuple[Path, dict]:
     from gte_onnx.bench.peer_backends import CALIBRATION_TEXTS, PeerBuilder
     from gte_onnx.bench.peers import cache_folder, peer_versions
     from gte_onnx.bench.torch_baseline import resolve_torch_spec
@@ -92,13 +105,47 @@ def build_peers(checkpoint: str, folder: Path, peers_cache: str | None, log) -> 
     # The key bench's plan_peers makes with its default --peers-calibration (300).
     cache = cache_folder(peers_cache, {**torch_spec, "calibration_texts": CALIBRATION_TEXTS}, peer_versions())
     log(f"peers cache {cache}")
-    built = PeerBuilder({"cache": str(cache), "folder": str(folder), "peers": list(PEERS), "torch": torch_spec,
+    built = PeerBuilder({"cache": str(cache), "folder": str(folder), "peers": list(peers), "torch": torch_spec,
                          "calibration_texts": CALIBRATION_TEXTS}).load()["built"]
     for name, record in built.items():
-        if record.get("error"):
-            raise RuntimeError(f"building peer {name} failed: {record['error']}")
-        log(f"  {name}: " + ("cached" if record.get("cached") else f"built in {record['build_s']:.1f} s"))
+        log(f"  {name}: " + (f"FAILED: {record['error']}" if record.get("error") else "cached" if record.get("cached")
+                             else f"built in {record['build_s']:.1f} s"))
     return cache, built
+
+
+def peer_encoder(name: str, cache: Path, folder: Path, args) -> tuple[object, str]:
+    """(encode(texts, normalize), engine description) of one built peer."""
+    from gte_onnx.bench.peers import PEER_ENGINE
+
+    engine = PEER_ENGINE[name]
+    if engine == "gte-onnx":  # a transformers.js file, imported: our Embedder, as its user runs it
+        import gte_onnx
+        from gte_onnx.bench.hub_peer import HUB_MODES, MODEL_DIR, VARIANT
+
+        variant = VARIANT[HUB_MODES[name]]
+        model = gte_onnx.Embedder(cache / name / MODEL_DIR, variant=variant, providers=["CPUExecutionProvider"],
+                                  threads=args.threads)
+
+        def encode(texts, normalize, batch_size=None):
+            return model.encode(list(texts), batch_size=batch_size or args.batch_size, normalize=normalize,
+                                show_progress=False)
+
+        return encode, f"onnxruntime (gte-onnx import) {model.manifest.variants[variant].file}"
+    if engine == "llama.cpp":
+        from gte_onnx.bench.llamacpp_peer import LlamaCppBackend
+
+        backend = LlamaCppBackend({"peer": name, "cache": str(cache), "threads": args.threads, "folder": str(folder),
+                                   "n_ctx": 512})
+        info = backend.load()
+        return PeerEmbedder(backend, folder, args.batch_size).encode, (
+            f"llama-cpp-python {info['llama_cpp_python']}, {info['pooling']} pooling")
+    from gte_onnx.bench.peer_backends import PeerBackend
+
+    backend = PeerBackend({"peer": name, "cache": str(cache), "threads": args.threads})
+    info = backend.load()
+    desc = (f"openvino {info['openvino']}, {info['inference_precision']}" if info["engine"] == "openvino"
+            else f"onnxruntime {info['onnxruntime']}")
+    return PeerEmbedder(backend, folder, args.batch_size).encode, desc
 
 
 def score(name: str, encode, reference, fp32_probe, log) -> dict:
@@ -128,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", help="the sentence-transformers checkpoint folder (all-MiniLM-L6-v2)")
     parser.add_argument("onnx_dir", help="the folder exported from it, with model.onnx and model_int8.onnx")
+    parser.add_argument("--peers", default=DEFAULT_PEERS, help=f"bench peers or families (default {DEFAULT_PEERS})")
     parser.add_argument("--peers-cache", default=None, help="bench's peers cache root (default: bench's)")
     parser.add_argument("--threads", type=int, default=2, help="threads for every engine (default 2)")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -138,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     import gte_onnx
-    from gte_onnx.bench.peer_backends import PeerBackend
+    from gte_onnx.bench.peers import parse_peers
     from gte_onnx.parity.figures import data_drops
     from gte_onnx.parity.reference import compute_reference
 
@@ -148,8 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     wall = time.perf_counter()
     torch.set_num_threads(args.threads)
     folder = Path(args.onnx_dir)
+    peers = parse_peers(args.peers)
     with contextlib.redirect_stdout(sys.stderr):  # NNCF's progress bars: stdout keeps only the table
-        cache, built = build_peers(args.checkpoint, folder, args.peers_cache, log)
+        cache, built = build_peers(args.checkpoint, folder, peers, args.peers_cache, log)
     reference = compute_reference(args.checkpoint, threads=args.threads, log=log)
     log(f"reference: {reference.provenance['backend']}, {reference.size} probe texts")
 
@@ -170,7 +219,10 @@ def main(argv: list[str] | None = None) -> int:
         del st
 
     fp32_probe = None
-    for variant in OURS:
+    from gte_onnx.manifest import Manifest
+
+    present = Manifest.load(folder).variants
+    for variant in [v for v in OURS if v in present]:
         model = gte_onnx.Embedder(folder, variant=variant, providers=["CPUExecutionProvider"], threads=args.threads)
         engines[f"ours-{variant}"] = f"onnxruntime {model.manifest.variants[variant].file}"
 
@@ -184,34 +236,43 @@ def main(argv: list[str] | None = None) -> int:
         rows[f"ours-{variant}"] = row
         del model
 
-    for name in PEERS:
-        backend = PeerBackend({"peer": name, "cache": str(cache), "threads": args.threads})
-        info = backend.load()
-        engines[name] = f"openvino {info['openvino']}, {info['inference_precision']}"
-        embedder = PeerEmbedder(backend, folder, args.batch_size)
-        row = score(name, embedder.encode, reference, fp32_probe, log)
-        # The mask is honoured: one-at-a-time (no padding) probe vectors equal the padded-batch ones.
-        alone = embedder.encode(reference.texts, False, batch_size=1)
-        row["pad_max_abs_diff"] = float(np.max(np.abs(alone - row["probe"])))
-        row["info"] = info
+    failed: dict[str, str] = {}
+    for name in peers:
+        if built.get(name, {}).get("error"):
+            failed[name] = "build: " + built[name]["error"]
+            continue
+        try:
+            encode, engines[name] = peer_encoder(name, cache, folder, args)
+            row = score(name, encode, reference, fp32_probe, log)
+            # The mask is honoured: one-at-a-time (no padding) probe vectors equal the padded-batch ones.
+            alone = encode(reference.texts, False, batch_size=1)
+            row["pad_max_abs_diff"] = float(np.max(np.abs(alone - row["probe"])))
+            row["pad_nonfinite_rows"] = int(np.sum(~np.all(np.isfinite(row["probe"]), axis=1)))
+        except Exception as exc:  # noqa: BLE001 - one peer's engine failing must not stop the others
+            failed[name] = f"{type(exc).__name__}: {exc}"
+            log(f"  {name}: FAILED {failed[name]}")
+            continue
         rows[name] = row
-        del backend, embedder
+        del encode
 
     fp32 = rows["ours-fp32"]["data"]
     for name, row in rows.items():
         row["drops_vs_ours_fp32"] = data_drops(row["data"], fp32)
         if "pytorch" in rows:
             row["drops_vs_pytorch"] = data_drops(row["data"], rows["pytorch"]["data"])
-    rows["openvino-int8"]["drops_vs_own_fp32"] = data_drops(rows["openvino-int8"]["data"], rows["openvino"]["data"])
-    rows["ours-int8"]["drops_vs_own_fp32"] = rows["ours-int8"]["drops_vs_ours_fp32"]
+        own = "ours-fp32" if name.startswith("ours-") else OWN_REFERENCE.get(name)
+        if own in rows and own != name:
+            row["drops_vs_own_fp32"] = data_drops(row["data"], rows[own]["data"])
     wall = time.perf_counter() - wall
 
     print(format_table(rows, engines))
+    for name, why in failed.items():
+        print(f"{name}: FAILED: {why.splitlines()[0][:300]}")
     print(f"\nprobe set: {reference.size} texts (PyTorch reference: {reference.provenance['backend']}); "
           f"threads {args.threads}; peers cache {cache}; wall {wall:.0f} s")
     if args.json:
         out = {"checkpoint": args.checkpoint, "onnx_dir": str(folder), "peers_cache": str(cache), "wall_s": wall,
-               "engines": engines, "built": built,
+               "engines": engines, "built": built, "failed": failed,
                "rows": {n: {k: v for k, v in r.items() if k != "probe"} for n, r in rows.items()}}
         Path(args.json).write_text(json.dumps(out, indent=2, default=str) + "\n", encoding="utf-8")
     return 0

@@ -1,4 +1,4 @@
-"""The walls: runtime/ never imports torch, transformers or the export/quantize/parity/bench subpackages (and the
+"""The walls: runtime/ never imports torch, transformers, llama_cpp or the export/quantize/parity/bench subpackages (and the
 torch-free converter only lazily, inside the functions that convert); convert/ never imports torch,
 transformers or gte_onnx.export; a fresh environment with only `.[cpu]` installed converts a safetensors
 checkpoint and embeds texts while `import torch` fails there."""
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FORBIDDEN_TOP = {"torch", "transformers", "optimum", "sentence_transformers", "onnx", "onnxscript"}
+FORBIDDEN_TOP = {"torch", "transformers", "optimum", "sentence_transformers", "onnx", "onnxscript", "llama_cpp", "onnxslim"}
 FORBIDDEN_SUBPACKAGES = {"export", "quantize", "parity", "bench"}
 LAZY_ONLY_SUBPACKAGES = {"convert"}  # the runtime may call the converter, but never loads it at import time
 CONVERT_FORBIDDEN_TOP = {"torch", "transformers", "optimum", "sentence_transformers", "onnxscript"}

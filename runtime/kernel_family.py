@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .cache import cache_root
+from .verified import read_json_dict
 
 # The families, with what tells them apart (shown by `gte-onnx doctor` and docs/cpu-support.md).
 FAMILIES: dict[str, str] = {
@@ -222,14 +223,14 @@ def verification(variant, family: str, local: Mapping[str, Mapping[str, Any]] | 
 def local_records(sha256: str, cache_dir: str | os.PathLike | None = None) -> dict[str, Mapping[str, Any]]:
     """family -> record of the gate measurements `gte-onnx verify` made on this machine for one variant
     file (keyed by its sha256, so a changed file is never covered)."""
-    entries = _read(cache_root(cache_dir) / LOCAL_RECORDS).get(sha256, {})
+    entries = read_json_dict(cache_root(cache_dir) / LOCAL_RECORDS).get(sha256, {})
     return {k: v for k, v in entries.items() if isinstance(v, dict)} if isinstance(entries, dict) else {}
 
 
 def save_local_record(sha256: str, family: str, record: Mapping[str, Any],
                       cache_dir: str | os.PathLike | None = None) -> Path:
     path = cache_root(cache_dir) / LOCAL_RECORDS
-    data = _read(path)
+    data = read_json_dict(path)
     data.setdefault(sha256, {})[family] = dict(record)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".families.", suffix=".tmp")
@@ -237,11 +238,3 @@ def save_local_record(sha256: str, family: str, record: Mapping[str, Any],
         json.dump(data, fh, indent=1)
     os.replace(tmp, path)
     return path
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}

@@ -34,7 +34,8 @@ def _fingerprint(st: os.stat_result) -> dict[str, int]:
             "inode": st.st_ino, "device": st.st_dev}
 
 
-def _read(path: Path) -> dict[str, Any]:
+def read_json_dict(path: Path) -> dict[str, Any]:
+    """The JSON object in `path`; {} when it is missing, unreadable or not an object (a cache is never trusted)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError):
@@ -63,7 +64,7 @@ def file_digest(path: str | os.PathLike, compute: Callable[[Path], str]) -> str:
     st = path.stat()
     fingerprint = _fingerprint(st)
     store = cache_root() / CACHE_FILE
-    entries = _read(store)
+    entries = read_json_dict(store)
     entry = entries.get(key)
     if isinstance(entry, dict) and entry.get("stat") == fingerprint and isinstance(entry.get("sha256"), str):
         return entry["sha256"]

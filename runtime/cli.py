@@ -131,6 +131,12 @@ def load_ranges(path: str | None):
     return None if path is None else CalibrationRanges.load(path)
 
 
+def _open_model(cls, args: argparse.Namespace):
+    """Embedder or Reranker as the runtime and model-source options ask."""
+    return cls(args.model, args.variant, _providers(args.providers), args.threads, args.max_batch_tokens,
+               args.truncate, **model_source_kwargs(args))
+
+
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr)
 
@@ -189,8 +195,7 @@ def embed_main(argv: list[str]) -> int:
     from .embedder import Embedder
 
     ranges = load_ranges(args.ranges)
-    model = Embedder(args.model, args.variant, _providers(args.providers), args.threads, args.max_batch_tokens,
-                     args.truncate, **model_source_kwargs(args))
+    model = _open_model(Embedder, args)
     vectors = model.encode(texts, batch_size=args.batch_size, normalize=args.normalize, precision=args.precision,
                            ranges=ranges)
     if vectors.truncated:
@@ -240,8 +245,7 @@ def calibrate_main(argv: list[str]) -> int:
     from .manifest import Manifest
     from .precision import MANIFEST_KEY
 
-    model = Embedder(args.model, args.variant, _providers(args.providers), args.threads, args.max_batch_tokens,
-                     args.truncate, **model_source_kwargs(args))
+    model = _open_model(Embedder, args)
     source = args.note or f"{len(texts)} texts" + (f" from {Path(args.file).name}" if args.file and args.file != "-" else "")
     ranges = model.calibrate_ranges(texts, batch_size=args.batch_size, normalize=args.normalize, source=source)
     if args.output:
@@ -275,8 +279,7 @@ def rerank_main(argv: list[str]) -> int:
         parser.error("no documents: give them as arguments, with --file, or on stdin")
     from .reranker import Reranker
 
-    model = Reranker(args.model, args.variant, _providers(args.providers), args.threads, args.max_batch_tokens,
-                     args.truncate, **model_source_kwargs(args))
+    model = _open_model(Reranker, args)
     ranked = model.rerank(
         args.query, docs, top_k=args.top_k, return_documents=True, batch_size=args.batch_size,
         activation=None if args.raw else "sigmoid",

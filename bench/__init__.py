@@ -18,11 +18,11 @@ def __getattr__(name: str):
 
         return getattr(runner, name)
     if name == "rank_variants":
-        from .rank import rank_variants
+        from gte_onnx.inference.speed_ranking import rank_variants
 
         return rank_variants
     if name == "record_ranking":
-        from .ranking import record_ranking
+        from gte_onnx.inference.speed_ranking import record_ranking
 
         return record_ranking
     if name == "main":

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..clierrors import verb_main
+from gte_onnx.cli.errors import verb_main
 from ..errors import InvalidInputError, missing_dependency
 from .measure import RepeatPolicy
 from .shapes import DEFAULT_SHAPES, SHORT_SKIPS, parse_shapes
@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--record", action="store_true", help="write the measured speed ranking into the "
                    "manifest's speed_ranking (used by variant='auto')")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
-    from gte_onnx.cli import add_model_source_options
+    from gte_onnx.cli.options import add_model_source_options
 
     add_model_source_options(p)
     return p
@@ -124,8 +124,8 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str]):
             budget_s=base.budget_s,
             heavy_min_repeats=min(base.heavy_min_repeats, min_reps),  # --repeats 1 is a valid request
         )
-    from gte_onnx.cli import model_source_kwargs
-    from gte_onnx.resolve import resolve_model
+    from gte_onnx.cli.options import model_source_kwargs
+    from gte_onnx.sources.resolve import resolve_model
 
     folder = resolve_model(args.folder, variant="all", **model_source_kwargs(args))
     return BenchConfig(
@@ -159,10 +159,10 @@ def config_from_args(args: argparse.Namespace, argv: Sequence[str]):
 @verb_main
 def main(argv: Sequence[str]) -> int:
     """Entry point of `gte-onnx bench`. 0: every cell measured; 1: some failed; 2: bad input (the shared CLI
-    policy of gte_onnx.clierrors reports it)."""
+    policy of gte_onnx.cli.errors reports it)."""
     argv = list(argv)
     args = build_parser().parse_args(argv)
-    from .ranking import record_ranking
+    from gte_onnx.inference.speed_ranking import record_ranking
     from .report import format_report, plot, write_json
     from .runner import run_bench
 

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from .measure import FULL_POLICY, SHORT_POLICY, RepeatPolicy
 from .shapes import Shape
+from gte_onnx.defaults import CPU
 
 TORCH_PROVIDER = "torch"
 TORCH_FP32, TORCH_BF16 = "torch-fp32", "torch-bf16"
-CPU = "CPUExecutionProvider"
 
 
 @dataclass
@@ -53,3 +53,14 @@ class BenchConfig:
         repeats = 2 if self.short else 3
         return RepeatPolicy(min_warmups=1, max_warmups=1, warmup_budget_s=0.0,
                             min_repeats=repeats, max_repeats=repeats, budget_s=0.0)
+
+
+# What each --spinning mode asks of ONNX Runtime's thread pools. "stop": spin while a run is in progress
+# (as the runtime does for users) and stop the moment it returns, so no idle worker takes the cores of
+# the one being timed; "off": never spin; "on": ONNX Runtime's default (threads spin on after a run).
+SPINNING_MODES = ("stop", "off", "on")
+ORT_SPINNING_CONFIG = {
+    "stop": {"session.force_spinning_stop": "1"},
+    "off": {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"},
+    "on": {},
+}

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInputError, VariantError
-from ..manifest import Manifest, Variant
+from gte_onnx.folder.manifest import Manifest, Variant
 from .config import TORCH_PROVIDER, BenchConfig
 
 
@@ -171,7 +171,7 @@ TWIN_SUFFIX = "~twin"
 def twin_contender(manifest: Manifest, contenders: Sequence[Contender], which: str) -> Contender:
     """A second, identical worker of one contender: "best" picks the variant `variant="auto"` would load
     on the first provider (the fastest recorded one that passes its gate), else a contender's key."""
-    from ..session import choose_variant
+    from gte_onnx.inference.session import choose_variant
 
     onnx = [c for c in contenders if c.kind == "onnx"]
     if which == "best":

@@ -191,7 +191,8 @@ def build(name: str, cache: Path, optimum_fp32: Path, metadata_dir: Path, tmp: P
     """Make onnx/model_<suffix>.onnx in a transformers.js layout (config.json from the model's config,
     the tokenizer and Sentence-Transformers files from our folder), then `gte-onnx import` it into
     tmp/model (our runtime's folder); the layout copy is dropped (the import hard-links the file)."""
-    from ..convert.onnx_import import import_onnx
+    from ..convert.onnx_import import import_onnx_files
+    from ..quantize.fidelity import measure_imported
 
     mode = HUB_MODES[name]
     base_dir = cache / BASE
@@ -210,7 +211,8 @@ def build(name: str, cache: Path, optimum_fp32: Path, metadata_dir: Path, tmp: P
     stem = f"model_{SUFFIX.get(mode, mode)}"
     quantize_mode(base_dir / "model.onnx", mode, layout / "onnx" / f"{stem}.onnx")
     variant = VARIANT[mode]
-    import_onnx(layout, tmp / MODEL_DIR, variants=[variant], log=lambda _msg: None, rank=False)
+    imported = import_onnx_files(layout, tmp / MODEL_DIR, variants=[variant])
+    measure_imported(tmp / MODEL_DIR, imported, (), log=lambda _msg: None)  # no fp32 here: recorded unmeasured
     file_bytes = (layout / "onnx" / f"{stem}.onnx").stat().st_size
     shutil.rmtree(layout)
     return {"peer": name, "engine": "gte-onnx", "folder": MODEL_DIR, "variant": variant, "file_bytes": file_bytes,

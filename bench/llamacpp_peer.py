@@ -143,7 +143,7 @@ class LlamaCppBackend:
         record = json.loads(record_file.read_text(encoding="utf-8"))
         pooling = self.pooling
         if pooling is None and self.folder:
-            from ..manifest import Manifest
+            from gte_onnx.folder.manifest import Manifest
 
             pooling = Manifest.load(self.folder).pooling
         pooling_type = {"cls": llama_cpp.LLAMA_POOLING_TYPE_CLS,

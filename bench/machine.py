@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..cpu import INTERESTING_FLAGS, read_cpuinfo, usable_cpus
+from gte_onnx.inference.cpu import INTERESTING_FLAGS, read_cpuinfo, usable_cpus
 
 
 def _total_memory_bytes() -> int | None:

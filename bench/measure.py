@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import InvalidInputError
+from gte_onnx.inference.speed_ranking import geometric_mean  # noqa: F401 (part of this module's API)
 
 
 @dataclass(frozen=True)
@@ -94,14 +95,6 @@ def speed_ratio(reference_seconds: float | None, seconds: float | None) -> float
     if seconds <= 0 or reference_seconds <= 0:
         return None
     return reference_seconds / seconds
-
-
-def geometric_mean(values: Sequence[float]) -> float:
-    """Geometric mean, the fair average of times across shapes that differ by orders of magnitude."""
-    arr = np.asarray(list(values), dtype=np.float64)
-    if arr.size == 0 or np.any(arr <= 0):
-        raise InvalidInputError(f"geometric mean needs positive values, got {arr.tolist()}")
-    return float(np.exp(np.mean(np.log(arr))))
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import missing_dependency
+from gte_onnx.defaults import CPU
 
 ONNX_FILE = "model.onnx"
 OV_FILE = "openvino_model.xml"
@@ -239,8 +240,8 @@ class PeerBuilder:
         sentence-transformers pads them to 384; the converted ModernBERT then yields NaN in every
         position once a padded input is longer than the 128-token local window (OpenVINO 2026.4,
         transformers 5), and NaN statistics would make the int8 scales meaningless."""
-        from ..manifest import Manifest
-        from ..tokenize import TextTokenizer
+        from gte_onnx.folder.manifest import Manifest
+        from gte_onnx.inference.tokenize import TextTokenizer
 
         manifest = Manifest.load(self.folder)
         tokenizer = TextTokenizer.from_folder(self.folder, manifest.max_length, manifest.tokenizer.get("pad_token_id"))
@@ -279,7 +280,7 @@ class PeerBackend:
     def _load_onnxruntime(self) -> dict[str, Any]:
         import onnxruntime as ort
 
-        from .worker import ORT_SPINNING_CONFIG
+        from .config import ORT_SPINNING_CONFIG
 
         # A default session, as optimum's ORTModel makes it, with the bench's thread count and spinning.
         options = ort.SessionOptions()
@@ -288,7 +289,7 @@ class PeerBackend:
         for key, value in ORT_SPINNING_CONFIG[self.spinning].items():
             options.add_session_config_entry(key, value)
         session = ort.InferenceSession(str(self.dir / self.record["file"]), sess_options=options,
-                                       providers=["CPUExecutionProvider"])
+                                       providers=[CPU])
         self._run = lambda feed: session.run(["last_hidden_state"], dict(feed))[0]
         return {"engine": "onnxruntime", "onnxruntime": ort.__version__}
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..manifest import Manifest
-from ..progress import Progress
+from gte_onnx.folder.manifest import Manifest
+from gte_onnx.progress import Progress
 from .config import TORCH_FP32, BenchConfig
 from .contenders import Contender, folder_bytes
 from .pool import WorkerError, WorkerProcess
@@ -132,7 +132,7 @@ def probe_ids(folder: Path, manifest: Manifest) -> list[list[int]]:
     """Token ids of the parity probe texts (short, code, numbers, other languages, CISI, window edges,
     one long text), truncated to the model's max length."""
     from ..parity.probes import build_probe_set
-    from ..tokenize import TextTokenizer
+    from gte_onnx.inference.tokenize import TextTokenizer
 
     texts = build_probe_set(tokenizer_path(folder, manifest.tokenizer), manifest.max_length).texts
     tokenizer = TextTokenizer.from_folder(folder, manifest.max_length, manifest.tokenizer.get("pad_token_id"))

@@ -11,6 +11,7 @@ from typing import Any
 
 from ..errors import missing_dependency
 from .machine import short_label
+from gte_onnx.defaults import CPU, CUDA
 
 # The figure shown for a variant's fidelity, first one present wins (names from gte_onnx.parity.gates).
 HEADLINE_FIGURES = (
@@ -28,7 +29,7 @@ SIMILARITY_FIGURES = ("centred_cosine_mean", "centred_cosine_min", "cosine_mean"
                       "logit_spearman", "score_spearman")
 # Data-set figures worth a column of their own when recorded.
 DROP_FIGURES = ("sts_drop", "cisi_ndcg_drop")
-PROVIDER_SHORT = {"CPUExecutionProvider": "CPU", "CUDAExecutionProvider": "CUDA", "onnxruntime": "ORT",
+PROVIDER_SHORT = {CPU: "CPU", CUDA: "CUDA", "onnxruntime": "ORT",
                   "openvino": "OpenVINO", "llama.cpp": "llama.cpp", "gte-onnx": "CPU"}
 
 

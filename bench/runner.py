@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InvalidInputError
-from ..manifest import Manifest
-from ..progress import Progress
+from gte_onnx.folder.manifest import Manifest
+from gte_onnx.progress import Progress
 from .config import CPU, TORCH_BF16, TORCH_FP32, TORCH_PROVIDER, BenchConfig  # noqa: F401 - re-exported
 from .contenders import Contender, plan_contenders, twin_report
 from .corpus import load_corpus
@@ -24,7 +24,7 @@ from .machine import describe_machine
 from .measure import CellOutcome, RepeatPolicy, RoundOrder, interleave, speed_ratio, summarize
 from .phases import build_peers, measure_fidelity, probe_ids
 from .pool import WorkerError, WorkerProcess
-from .ranking import rank_rows
+from gte_onnx.inference.speed_ranking import rank_rows
 from .shapes import DEFAULT_SHAPES, SHORT_SKIPS, Shape, TokenSource, parse_shapes, tokenizer_path
 
 SCHEMA = "gte-onnx-bench/2"
@@ -252,7 +252,7 @@ def run_bench(config: BenchConfig) -> dict[str, Any]:
     started = time.time()
     folder = Path(config.folder)
     manifest = Manifest.load(folder)
-    from ..session import resolve_providers
+    from gte_onnx.inference.session import resolve_providers
 
     providers: list[str] = []
     for requested in config.providers:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InvalidInputError, ModelFolderError, missing_dependency
-from ..manifest import Manifest
+from gte_onnx.folder.manifest import Manifest
 
 TORCH_DTYPES = ("fp32", "bf16")
 
@@ -145,9 +145,9 @@ class TorchBackend:
     def run_corpus(self, texts: Sequence[str], batch_size: int) -> dict[str, Any]:
         """Embed texts the way Embedder.encode does (same tokenizer, same token-budget batches, same
         pooling), with PyTorch doing the forward passes: only the engine differs from the ONNX row."""
-        from ..batching import DEFAULT_MAX_BATCH_TOKENS, pad_batch, plan_batches
-        from ..pooling import l2_normalize, pool
-        from ..tokenize import TextTokenizer
+        from gte_onnx.inference.batching import DEFAULT_MAX_BATCH_TOKENS, pad_batch, plan_batches
+        from gte_onnx.inference.pooling import l2_normalize, pool
+        from gte_onnx.inference.tokenize import TextTokenizer
 
         if self._corpus_tools is None:
             manifest = Manifest.load(self.folder)

@@ -21,22 +21,15 @@ from typing import Any
 
 import numpy as np
 
+from .config import ORT_SPINNING_CONFIG
 from .rss import current_rss_bytes, peak_rss_bytes, reset_peak_rss
+from gte_onnx.defaults import CPU
 
 
-# What each --spinning mode asks of ONNX Runtime's thread pools. "stop": spin while a run is in progress
-# (as the runtime does for users) and stop the moment it returns, so no idle worker takes the cores of
-# the one being timed; "off": never spin; "on": ONNX Runtime's default (threads spin on after a run).
-SPINNING_MODES = ("stop", "off", "on")
-ORT_SPINNING_CONFIG = {
-    "stop": {"session.force_spinning_stop": "1"},
-    "off": {"session.intra_op.allow_spinning": "0", "session.inter_op.allow_spinning": "0"},
-    "on": {},
-}
 
 
-class OnnxBackend:
-    """A variant's session exactly as the runtime builds it (gte_onnx.session.OnnxModel), plus the bench's
+class VariantBackend:
+    """A variant's session exactly as the runtime builds it (gte_onnx.inference.session.OnnxModel), plus the bench's
     thread-spinning setting."""
 
     def __init__(self, folder: str, variant: str, provider: str, threads: int | None, mode: str = "shapes",
@@ -57,8 +50,8 @@ class OnnxBackend:
                                      threads=self.threads, session_config=self.session_config)
             provider, threads, variant = self.embedder.provider, self.embedder.threads, self.embedder.variant
         else:
-            from ..manifest import Manifest
-            from ..session import OnnxModel
+            from gte_onnx.folder.manifest import Manifest
+            from gte_onnx.inference.session import OnnxModel
 
             manifest = Manifest.load(self.folder)
             self.model = OnnxModel(self.folder, manifest, self.variant, [self.provider], self.threads,
@@ -128,7 +121,7 @@ def import_library(spec: Mapping[str, Any]) -> float:
 def make_backend(spec: Mapping[str, Any]):
     kind = spec.get("kind")
     if kind == "onnx":
-        return OnnxBackend(spec["folder"], spec["variant"], spec["provider"], spec.get("threads"),
+        return VariantBackend(spec["folder"], spec["variant"], spec["provider"], spec.get("threads"),
                            spec.get("mode", "shapes"), spec.get("spinning", "stop"))
     if kind == "torch":
         from .torch_baseline import TorchBackend
@@ -140,7 +133,7 @@ def make_backend(spec: Mapping[str, Any]):
         return LlamaCppBackend(spec)
     if kind == "peer" and spec.get("engine") == "gte-onnx":
         # A hub peer: the imported transformers.js file on our runtime, exactly as a user loads it.
-        return OnnxBackend(spec["hub_folder"], spec["variant"], "CPUExecutionProvider", spec.get("threads"),
+        return VariantBackend(spec["hub_folder"], spec["variant"], CPU, spec.get("threads"),
                            "shapes", spec.get("spinning", "stop"))
     if kind in ("peer", "peer_build"):
         from .peer_backends import PeerBackend, PeerBuilder
@@ -159,8 +152,8 @@ class WorkerLoop:
     def _pool(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """(B, H) unnormalised vectors: the backend's own pooling (llama.cpp) or the folder's over its
         last hidden state."""
-        from ..manifest import Manifest
-        from ..pooling import pool
+        from gte_onnx.folder.manifest import Manifest
+        from gte_onnx.inference.pooling import pool
 
         if getattr(self.backend, "pooled_natively", False):
             return np.asarray(self.backend.pooled(ids, mask), dtype=np.float64)
@@ -179,7 +172,7 @@ class WorkerLoop:
     def pooled_batches(self, batches: Sequence[Sequence[Sequence[int]]]) -> list[list[float]]:
         """Each batch of inputs right-padded with the folder's pad id and run as one call with its mask
         (a mixed-length batch, as a corpus or data-set evaluation runs); the vectors in input order."""
-        from ..manifest import Manifest
+        from gte_onnx.folder.manifest import Manifest
 
         pad = int(Manifest.load(self.spec["folder"]).tokenizer.get("pad_token_id") or 0)
         out: list[list[float]] = []

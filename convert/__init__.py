@@ -9,15 +9,24 @@ from __future__ import annotations
 
 # name -> module that defines it; loaded on first use, so importing the package costs nothing
 _EXPORTS = {
-    "convert_checkpoint": "converter",
-    "supported_architecture": "converter",
+    "convert_fp32": "converter",
     "CheckpointFormatError": "safetensors_io",
     "ExportValidationError": "validation",
 }
-__all__ = sorted(_EXPORTS)
+__all__ = sorted([*_EXPORTS, "convert_checkpoint", "supported_architecture"])
 
 
 def __getattr__(name: str):
+    if name == "convert_checkpoint":
+        # The public name of the whole first-load build (convert, quantize, rank), which the pipeline drives:
+        # the one sanctioned arrow from a stage to the pipeline (docs/architecture.md).
+        from gte_onnx.pipeline import convert_checkpoint
+
+        return convert_checkpoint
+    if name == "supported_architecture":
+        from gte_onnx.folder.forms import supported_architecture
+
+        return supported_architecture
     if name in _EXPORTS:
         import importlib
 

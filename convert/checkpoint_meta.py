@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gte_onnx.errors import ModelFolderError
-from gte_onnx.resolve import SENTENCE_TRANSFORMERS_FILES, TOKENIZER_FILES  # noqa: F401 (re-exported)
+from gte_onnx.folder.forms import SENTENCE_TRANSFORMERS_FILES, TOKENIZER_FILES  # noqa: F401 (re-exported)
 
 # A tokenizer_config model_max_length above this is the "no limit" sentinel (1e30), not a real length.
 SANE_MAX_LENGTH = 1_000_000

@@ -1,6 +1,6 @@
 """A transformers checkpoint folder (config.json, safetensors, tokenizer) -> a validated gte-onnx model
 folder, without torch: numpy weights, the op-by-op graph writer, the numpy reference as the validation,
-then the requested variants through gte_onnx.quantize, each measured against the fp32 graph."""
+the first stage of gte_onnx.pipeline (which then adds the quantized variants and ranks them)."""
 
 from __future__ import annotations
 
@@ -13,31 +13,14 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from gte_onnx.errors import UnsupportedModelError
+from gte_onnx.folder.forms import ARCHITECTURES, SOURCE_NOTE, supported_architecture
 
 from .checkpoint_meta import check_task, config_value, infer_task, read_config, read_max_length, read_pooling
-from .folder import MODEL_FILE, FolderFiles, ManifestFacts, fp32_variant, start_folder, tool_versions, write_manifest
+from .folder_writer import MODEL_FILE, FolderFiles, ManifestFacts, fp32_variant, start_folder, tool_versions, write_manifest
 from .safetensors_io import read_checkpoint
 from .validation import DEFAULT_ATOL, WINDOW_EDGE_LENGTHS, Probe, ProbeSpec, validate_graph
 
-# model_type -> architecture family; architectures (config "architectures") each family converts
-MODEL_TYPES = {"modernbert": "modernbert", "bert": "bert"}
-ARCHITECTURES = {
-    "modernbert": ("ModernBertModel", "ModernBertForSequenceClassification"),
-    "bert": ("BertModel", "BertForSequenceClassification"),
-}
-SOURCE_NOTE = "gte-onnx-source.json"  # provenance written beside a checkpoint by `export --save-checkpoint`
 CONVERT_TOOLS = ("gte-onnx", "onnx", "onnxruntime", "tokenizers", "numpy")
-
-
-def supported_architecture(config: dict) -> str | None:
-    """"modernbert" or "bert" when the converter can build this config.json's model, else None."""
-    family = MODEL_TYPES.get(str(config_value(config, "model_type", "")))
-    if family is None:
-        return None
-    archs = config_value(config, "architectures", []) or []
-    if archs and not any(a in ARCHITECTURES[family] for a in archs):
-        return None
-    return family
 
 
 def _unsupported(config: dict, source: Path) -> UnsupportedModelError:
@@ -149,30 +132,23 @@ def _probe_spec(config: dict, files: FolderFiles, max_length: int) -> ProbeSpec:
                      files.pad_id(config_value(config, "pad_token_id", 0)))
 
 
-def convert_checkpoint(
+def convert_fp32(
     source: Path,
     out_dir: Path,
     *,
-    variants: Sequence[str] = ("int8",),
     model_id: str | None = None,
     revision: str | None = None,
     log: Callable[[str], None] = print,
     task: str | None = None,
     validate_lengths: Sequence[int] = WINDOW_EDGE_LENGTHS,
     atol: float = DEFAULT_ATOL,
-    rank: bool = True,
-    evaluation: str = "probe",
 ) -> Path:
-    """Convert the checkpoint folder `source` into a complete model folder at `out_dir` (manifest,
-    tokenizer files, model.onnx validated against the numpy reference, then each of `variants` with its
-    fidelity against fp32, and with `rank` their CPU speed measured into the manifest's speed_ranking, which
-    variant="auto" reads). Returns out_dir.
+    """Convert the checkpoint folder `source` into an fp32 model folder at `out_dir` (manifest, tokenizer
+    files, model.onnx validated against the numpy reference). Returns out_dir. The quantized variants and
+    the speed ranking are the pipeline's next steps (gte_onnx.pipeline.convert_checkpoint).
 
-    `evaluation` is the quantize fidelity check: "probe" (default) gates each variant on the parity probe
-    set against fp32 in seconds, so a first load stays short; "full" (or `gte-onnx quantize DIR --eval full`
-    later) adds the STS-B and CISI drops, which take minutes at full size on a laptop CPU. Raises UnsupportedModelError for other architectures,
-    CheckpointFormatError for unreadable or incomplete weights, ExportValidationError when the graph
-    disagrees with the reference."""
+    Raises UnsupportedModelError for other architectures, CheckpointFormatError for unreadable or incomplete
+    weights, ExportValidationError when the graph disagrees with the reference."""
     source, out = Path(source), Path(out_dir)
     started = time.perf_counter()
     config = read_config(source)
@@ -193,41 +169,4 @@ def convert_checkpoint(
     write_manifest(out, facts, files, built.info, report, fp32_variant(out, built.info, report, "numpy"),
                    tool_versions(CONVERT_TOOLS))
     log(f"fp32 model folder written in {time.perf_counter() - started:.1f} s")
-    if variants:
-        from gte_onnx.quantize import QuantizeOptions, quantize_folder
-
-        quantize_folder(out, list(variants), QuantizeOptions(evaluation=evaluation), log=log)
-        if rank:
-            rank_on_cpu(out, log)
     return out
-
-
-def rank_on_cpu(out: Path, log: Callable[[str], None], batch: int = 8, length: int = 128, repeats: int = 3) -> None:
-    """Measure the CPU speed of the folder's variants that pass their gate and record it as the manifest's
-    speed_ranking, which variant="auto" reads: the median of `repeats` interleaved runs of one
-    (batch x length) input each, in this process (seconds, where `gte-onnx bench --record` takes minutes
-    for a full ranking over several shapes)."""
-    from gte_onnx.bench.ranking import record_ranking
-    from gte_onnx.manifest import Manifest
-
-    started = time.perf_counter()
-    manifest = Manifest.load(out)
-    names = [n for n, v in manifest.variants.items()
-             if v.passes_gate() and (not v.providers or "CPUExecutionProvider" in v.providers)]
-    rng = np.random.default_rng(0)
-    ids = rng.integers(1000, 5000, size=(batch, length)).astype(np.int64)
-    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
-    sessions = {n: _session(out / manifest.variants[n].file) for n in names}
-    inputs = {n: {i.name: feed[i.name] for i in s.get_inputs()} for n, s in sessions.items()}
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for n, s in sessions.items():  # warm-up
-        s.run(None, inputs[n])
-    for _ in range(repeats):
-        for n, s in sessions.items():
-            tick = time.perf_counter()
-            s.run(None, inputs[n])
-            times[n].append(time.perf_counter() - tick)
-    ranking = sorted(names, key=lambda n: float(np.median(times[n])))
-    record_ranking(out, {"CPUExecutionProvider": ranking})
-    figures = ", ".join(f"{n} {np.median(times[n]) * 1e3:.0f} ms" for n in ranking)
-    log(f"CPU speed at {batch}x{length}, fastest first: {figures} ({time.perf_counter() - started:.1f} s)")

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from gte_onnx.errors import GteOnnxError, missing_dependency
+from gte_onnx.defaults import CPU
 
 # com.microsoft ops that ORT implements on CPU and on CUDA (and ROCm/DirectML/WebGPU for most), so a
 # saved graph that uses them still runs on those EPs. Anything else from that domain is refused.
@@ -98,7 +99,7 @@ def write_optimized(src: Path, onnx_path: Path) -> None:
     options.add_session_config_entry("session.optimized_model_external_initializers_file_name", data_name)
     options.add_session_config_entry("session.optimized_model_external_initializers_min_size_in_bytes", "1024")
     options.log_severity_level = 3
-    ort.InferenceSession(str(src), options, providers=["CPUExecutionProvider"])
+    ort.InferenceSession(str(src), options, providers=[CPU])
 
 
 def save_optimized(model, onnx_path: Path) -> dict[str, int]:

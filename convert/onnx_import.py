@@ -9,15 +9,16 @@ picks an unmeasured variant.
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
 import os
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
-from gte_onnx.errors import ModelFolderError, UnsupportedModelError, VariantError
-from gte_onnx.manifest import FORMAT_VERSION, Manifest, Variant, describe_data_files, describe_file
+from gte_onnx.defaults import CPU
+from gte_onnx.folder.forms import EMBEDDING_OUTPUTS, KINDS, RUNTIME_INPUTS, layout_of, onnx_variant_files
+from gte_onnx.errors import ModelFolderError, UnsupportedModelError
+from gte_onnx.folder.manifest import FORMAT_VERSION, Manifest, Variant
+from gte_onnx.folder.integrity import describe_data_files, describe_file
 
 from .checkpoint_meta import (
     SENTENCE_TRANSFORMERS_FILES,
@@ -30,63 +31,6 @@ from .checkpoint_meta import (
     special_ids,
     tokenizer_files,
 )
-
-CPU = "CPUExecutionProvider"
-CUDA = "CUDAExecutionProvider"
-# File stem -> variant name, per layout. transformers.js keeps its graphs in onnx/, optimum at the top.
-TRANSFORMERS_JS = {
-    "model": "fp32", "model_fp16": "fp16", "model_int8": "int8", "model_uint8": "uint8",
-    "model_quantized": "quantized", "model_q4": "q4", "model_q4f16": "q4f16", "model_bnb4": "bnb4",
-}
-OPTIMUM = {"model": "fp32", "model_optimized": "optimized", "model_quantized": "quantized"}
-# Variant name -> (gate kind, providers it is meant for). "quantized" is transformers.js' and optimum's
-# dynamic 8-bit file; "optimized" is optimum's fused graph, fp32 unless its weights are float16.
-KINDS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "fp32": ("fp32", ()), "fp16": ("fp16", (CUDA,)), "int8": ("int8", (CPU,)), "uint8": ("int8", (CPU,)),
-    "quantized": ("int8", (CPU,)), "q4": ("q4", (CPU,)), "q4f16": ("q4f16", (CUDA,)), "bnb4": ("q4", (CPU,)),
-    "optimized": ("fp32", ()),
-}
-# What `variant="auto"` may choose on each provider, besides fp32, best first.
-AUTO_CANDIDATES = {CPU: ("int8", "quantized", "uint8"), CUDA: ("fp16",)}
-RUNTIME_INPUTS = {"input_ids", "attention_mask", "token_type_ids", "position_ids"}
-EMBEDDING_OUTPUTS = ("last_hidden_state", "sentence_embedding")
-
-
-def onnx_variant_files(files: Iterable[str]) -> dict[str, str]:
-    """Variant name -> file for the ONNX graphs of a listing: transformers.js' onnx/ first, else optimum's."""
-    present = set(files)
-    for folder, layout in (("onnx/", TRANSFORMERS_JS), ("", OPTIMUM)):
-        found = {name: f"{folder}{stem}.onnx" for stem, name in layout.items() if f"{folder}{stem}.onnx" in present}
-        if found:
-            return found
-    return {}
-
-
-def layout_of(files: Mapping[str, str]) -> str:
-    return "transformers.js" if any(f.startswith("onnx/") for f in files.values()) else "optimum"
-
-
-def variants_to_import(available: Mapping[str, str], variant: str | None, provider: str | None, name: str) -> list[str]:
-    """Which files a load needs: the named one; for "auto", fp32 and the provider's quantized candidate
-    (measured against it); "all"; or None, just one (the manifest's facts)."""
-    if not available:
-        raise UnsupportedModelError(f"{name} holds no ONNX files in the transformers.js or optimum layout")
-    if variant == "all":
-        return list(available)
-    if variant is None:
-        return ["fp32" if "fp32" in available else next(iter(available))]
-    if variant != "auto":
-        if variant not in available:
-            raise VariantError(f"{name} has no {variant!r} ONNX file; it has {sorted(available)}")
-        return [variant]
-    if "fp32" not in available:
-        raise VariantError(
-            f"{name} has no fp32 ONNX file to measure its other files against, so variant='auto' has nothing "
-            f"measured to choose; name one of {sorted(available)} explicitly"
-        )
-    candidates = [c for c in AUTO_CANDIDATES.get(provider or CPU, ()) if c in available][:1]
-    return ["fp32", *candidates]
-
 
 def _onnx():
     try:
@@ -137,7 +81,7 @@ def _gate_kind(name: str, graph: Path) -> str:
 
 def graph_io(graph: Path, task: str) -> tuple[list[str], str, Any]:
     """(inputs, the output the runtime reads, its last dimension) from an onnxruntime session."""
-    from gte_onnx.session import import_onnxruntime
+    from gte_onnx.inference.session import import_onnxruntime
 
     ort = import_onnxruntime()
     options = ort.SessionOptions()
@@ -248,52 +192,17 @@ def _fp32_record() -> dict[str, Any]:
     return {"reference": "the source's own fp32 file, the reference of the other variants"}
 
 
-def measure_imported(out: Path, manifest: Manifest, data_sets: tuple[str, ...], log: Callable[[str], None]) -> Manifest:
-    """Each variant against the folder's fp32 file; without one every variant is recorded as unmeasured."""
-    others = [n for n in manifest.variants if n != "fp32"]
-    if "fp32" not in manifest.variants:
-        for name in others:
-            fidelity = {"measured": False, "reason": "the source has no fp32 file to measure against"}
-            manifest = manifest.with_variant(dataclasses.replace(manifest.variants[name], fidelity=fidelity))
-        manifest.save(out)
-        log("no fp32 file: the variants stay unmeasured and variant='auto' will not pick them")
-        return manifest
-    if not others:
-        return manifest
-    from gte_onnx.quantize.fidelity import measure_baseline, measure_variant
-
-    log("measuring the fp32 file on the probe set" + (f" and {', '.join(data_sets)}" if data_sets else ""))
-    baseline = measure_baseline(out, manifest, data_sets)
-    for name in others:
-        variant = manifest.variants[name]
-        fidelity = measure_variant(out, name, baseline, variant.providers, kind=variant.recipe.get("gate_kind"))
-        manifest = Manifest.load(out).with_variant(dataclasses.replace(variant, fidelity=fidelity))
-        manifest.save(out)
-        log(_summary(name, fidelity))
-    return manifest
-
-
-def _summary(name: str, fidelity: Mapping[str, Any]) -> str:
-    keys = ("cosine_mean", "centred_cosine_mean", "logit_relative_error", "logit_spearman")
-    figures = ", ".join(f"{k} {fidelity[k]:.4g}" for k in keys if isinstance(fidelity.get(k), float))
-    verdict = "passed" if fidelity.get("passed") else "FAILED (" + "; ".join(fidelity.get("failures", [])) + ")"
-    return f"{name}: {figures}; gate {verdict}"
-
-
-def import_onnx(
+def import_onnx_files(
     source: str | Path,
     out_dir: str | Path,
     *,
     variants: Iterable[str] | None = None,
     model_id: str | None = None,
     revision: str | None = None,
-    data_sets: tuple[str, ...] = (),
-    log: Callable[[str], None] = print,
-    rank: bool = True,
-) -> Path:
-    """Write a gte-onnx model folder for the ONNX files of the local folder `source` into `out_dir`; with
-    `rank`, the variants' CPU speed is measured into speed_ranking, so variant="auto" picks by speed among
-    those that pass their gate (as for a converted model)."""
+) -> Manifest:
+    """Write a gte-onnx model folder for the ONNX files of the local folder `source` into `out_dir`: the
+    files copied, the manifest synthesized, nothing measured yet (gte_onnx.pipeline.import_onnx measures each
+    variant against the fp32 file and ranks them)."""
     source, out = Path(source), Path(out_dir)
     available = onnx_variant_files(p.relative_to(source).as_posix() for p in source.rglob("*.onnx"))
     names = list(variants) if variants is not None else list(available)
@@ -308,51 +217,4 @@ def import_onnx(
     data_files = _copy_sources(source, out, graphs)
     manifest = synthesize_manifest(out, graphs, data_files, model_id or str(source), revision)
     manifest.save(out)
-    manifest = measure_imported(out, manifest, data_sets, log)
-    if rank and any(v.passes_gate() for name, v in manifest.variants.items() if name != "fp32"):
-        from .converter import rank_on_cpu
-
-        rank_on_cpu(out, log)
-    return out
-
-
-# ---- gte-onnx import ------------------------------------------------------------------------------------
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(
-        prog="gte-onnx import",
-        description="Make a gte-onnx model folder of the ONNX files a hub repo or folder already has "
-        "(transformers.js onnx/model*.onnx, optimum model*.onnx), each measured against its fp32 file.",
-    )
-    parser.add_argument("source", help="hub id (org/name) or local folder")
-    parser.add_argument("out", help="new output folder")
-    parser.add_argument("--variants", default="all", help="comma-separated variant names, or all (default)")
-    parser.add_argument("--revision", default=None)
-    parser.add_argument("--offline", action="store_true", help="use only the local hub cache")
-    parser.add_argument("--eval", choices=("probe", "full"), default="probe",
-                        help="probe: the probe set; full: also STS-B and CISI (embedding models)")
-    args = parser.parse_args(argv)
-    out = Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise ModelFolderError(f"{out} exists and is not empty; give a new folder")
-    folder, model_id, revision, names = fetch_for_import(args.source, args.variants, args.revision, args.offline)
-    data_sets = ("sts-b", "cisi") if args.eval == "full" else ()
-    import_onnx(folder, out, variants=names, model_id=model_id, revision=revision, data_sets=data_sets)
-    print(f"wrote {out}")
-    return 0
-
-
-def fetch_for_import(model: str, variants: str, revision: str | None, offline: bool):
-    """(local folder, model id, revision, variant names) with the chosen graphs downloaded."""
-    from gte_onnx.hub import LocalFolder, open_source
-    from gte_onnx.resolve import fetch_onnx_files, metadata_files
-
-    repo = open_source(model, revision, offline)
-    available = onnx_variant_files(repo.files)
-    if not available:
-        raise UnsupportedModelError(f"{repo.name} holds no ONNX files in the transformers.js or optimum layout")
-    names = list(available) if variants == "all" else [v.strip() for v in variants.split(",") if v.strip()]
-    for name in names:
-        variants_to_import(available, name, None, repo.name)  # an unknown name fails here, before downloads
-    folder = fetch_onnx_files(repo, metadata_files(repo.files), [available[n] for n in names])
-    model_id = str(Path(model).resolve()) if isinstance(repo, LocalFolder) else repo.repo_id
-    return folder, model_id, repo.revision, names
+    return manifest

@@ -13,7 +13,7 @@ import argparse
 
 import numpy as np
 
-from gte_onnx.batching import CPU_BATCH_COST_TOKENS, DEFAULT_MAX_BATCH_TOKENS, GPU_BATCH_COST_TOKENS, plan_batches
+from gte_onnx.inference.batching import CPU_BATCH_COST_TOKENS, DEFAULT_MAX_BATCH_TOKENS, GPU_BATCH_COST_TOKENS, plan_batches
 
 
 def fill(lengths, batch_size, budget):
@@ -33,8 +33,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     args = parser.parse_args()
     from gte_onnx.parity.datasets import load_cisi
-    from gte_onnx.tokenize import TextTokenizer
-    from gte_onnx.manifest import Manifest
+    from gte_onnx.inference.tokenize import TextTokenizer
+    from gte_onnx.folder.manifest import Manifest
 
     manifest = Manifest.load(args.model)
     tokenizer = TextTokenizer.from_folder(args.model, manifest.max_length, manifest.tokenizer.get("pad_token_id"))

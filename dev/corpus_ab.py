@@ -22,7 +22,7 @@ from cisi_padding import fill
 
 @contextlib.contextmanager
 def planner(old: bool):
-    import gte_onnx.loaded as loaded
+    import gte_onnx.loaded_model as loaded
 
     kept = loaded.plan_batches
     if old:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gte_onnx.kernel_family import detect_family
+from gte_onnx.inference.kernel_family import detect_family
 from gte_onnx.parity.datasets import load_cisi, load_sts_b
 from gte_onnx.parity.metrics import centred_cosine_rows, spearman
 

@@ -61,8 +61,8 @@ class PeerEmbedder:
     with the mask, the manifest's pooling."""
 
     def __init__(self, backend, folder: Path, batch_size: int):
-        from gte_onnx.manifest import Manifest
-        from gte_onnx.tokenize import TextTokenizer
+        from gte_onnx.folder.manifest import Manifest
+        from gte_onnx.inference.tokenize import TextTokenizer
 
         self.backend = backend
         self.manifest = Manifest.load(folder)
@@ -71,7 +71,7 @@ class PeerEmbedder:
         self.batch_size = batch_size
 
     def _pooled(self, rows: list[np.ndarray]) -> np.ndarray:
-        from gte_onnx.pooling import pool
+        from gte_onnx.inference.pooling import pool
 
         width = max(len(r) for r in rows)
         ids = np.full((len(rows), width), self.pad, dtype=np.int64)
@@ -83,7 +83,7 @@ class PeerEmbedder:
         return pool(self.manifest.pooling, self.backend.hidden(ids, mask), mask).astype(np.float32)
 
     def encode(self, texts: list[str], normalize: bool = True, batch_size: int | None = None) -> np.ndarray:
-        from gte_onnx.pooling import l2_normalize
+        from gte_onnx.inference.pooling import l2_normalize
 
         rows = self.tokenizer.encode(list(texts), "end").ids
         size = batch_size or self.batch_size
@@ -99,7 +99,7 @@ def build_peers(checkpoint: str, folder: Path, peers: list[str], peers_cache: st
     from gte_onnx.bench.peer_backends import CALIBRATION_TEXTS, PeerBuilder
     from gte_onnx.bench.peers import cache_folder, peer_versions
     from gte_onnx.bench.torch_baseline import resolve_torch_spec
-    from gte_onnx.manifest import Manifest
+    from gte_onnx.folder.manifest import Manifest
 
     torch_spec = resolve_torch_spec(checkpoint, Manifest.load(folder))
     # The key bench's plan_peers makes with its default --peers-calibration (300).
@@ -151,7 +151,7 @@ def peer_encoder(name: str, cache: Path, folder: Path, args) -> tuple[object, st
 def score(name: str, encode, reference, fp32_probe, log) -> dict:
     """Probe figures (vs PyTorch and vs our fp32) and data scores of one row, all by parity's code."""
     from gte_onnx.parity.figures import data_figures, embedding_figures
-    from gte_onnx.tokenize import TruncationWarning
+    from gte_onnx.inference.tokenize import TruncationWarning
 
     started = time.perf_counter()
     with warnings.catch_warnings():
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         del st
 
     fp32_probe = None
-    from gte_onnx.manifest import Manifest
+    from gte_onnx.folder.manifest import Manifest
 
     present = Manifest.load(folder).variants
     for variant in [v for v in OURS if v in present]:

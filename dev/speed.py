@@ -3,7 +3,7 @@
     python dev/speed.py --shapes 1x16,1x128,32x128 ours=ort:/tmp/m/model_int8.onnx nncf=ov:/tmp/ov/nncf_int8.xml
     python dev/speed.py native=gte:FOLDER#int8 avx2-route=gte:FOLDER#int8@x86-avx2
 
-`gte:FOLDER#VARIANT` runs the variant through the runtime's own session (gte_onnx.session.OnnxModel: the
+`gte:FOLDER#VARIANT` runs the variant through the runtime's own session (gte_onnx.inference.session.OnnxModel: the
 manifest's optimisation level and the CPU route of this machine's kernel family); `@FAMILY` takes the route of
 another family (e.g. the u8-weights route int8 takes on x86 without VNNI), to price it on this CPU.
 
@@ -58,9 +58,9 @@ def ov_runner(path: str, threads: int, hint: str | None):
 
 
 def gte_runner(target: str, threads: int):
-    from gte_onnx import kernel_family
-    from gte_onnx.manifest import Manifest
-    from gte_onnx.session import OnnxModel
+    from gte_onnx.inference import kernel_family
+    from gte_onnx.folder.manifest import Manifest
+    from gte_onnx.inference.session import OnnxModel
 
     target, _, family = target.partition("@")
     folder, _, variant = target.partition("#")

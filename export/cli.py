@@ -11,12 +11,12 @@ from pathlib import Path
 
 from gte_onnx.convert.validation import DEFAULT_ATOL, DEFAULT_LENGTHS, WINDOW_EDGE_LENGTHS
 
-from ..clierrors import verb_main
+from gte_onnx.cli.errors import verb_main
 
 
 @verb_main
 def main(argv: list[str]) -> int:
-    """Entry point of `gte-onnx export`; failures are reported by the shared CLI policy (gte_onnx.clierrors)."""
+    """Entry point of `gte-onnx export`; failures are reported by the shared CLI policy (gte_onnx.cli.errors)."""
     parser = argparse.ArgumentParser(
         prog="gte-onnx export",
         description="Export a transformers checkpoint (hub id or local folder, safetensors) to a validated "
@@ -93,13 +93,13 @@ def convert_main(parser: argparse.ArgumentParser, args, lengths) -> int:
     if used:
         reason = "--no-torch was given" if args.no_torch else "torch and transformers are not installed"
         parser.error(f"{', '.join(used)} need PyTorch, but {reason} (pip install 'gte-onnx[export]')")
-    from gte_onnx.convert import convert_checkpoint
+    from gte_onnx.convert.converter import convert_fp32
 
     from .checkpoint import locate
 
     folder, model_id, revision = locate(args.model, args.revision, need_weights=True)
     log = lambda msg: print(msg, file=sys.stderr)  # noqa: E731
     log(f"converting {args.model} without torch")
-    convert_checkpoint(Path(folder), Path(args.out_dir), variants=(), model_id=model_id, revision=revision,
-                       log=log, task=args.task, validate_lengths=lengths or WINDOW_EDGE_LENGTHS, atol=args.atol)
+    convert_fp32(Path(folder), Path(args.out_dir), model_id=model_id, revision=revision,
+                 log=log, task=args.task, validate_lengths=lengths or WINDOW_EDGE_LENGTHS, atol=args.atol)
     return 0

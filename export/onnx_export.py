@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from gte_onnx.convert.folder import (
+from gte_onnx.convert.folder_writer import (
     MODEL_FILE,
     FolderFiles,
     ManifestFacts,
@@ -25,11 +25,12 @@ from gte_onnx.convert.folder import (
     write_manifest,
 )
 from gte_onnx.errors import MissingDependencyError
-from gte_onnx.manifest import MANIFEST_NAME
-from gte_onnx.session import INSTALL_HINT
+from gte_onnx.folder.manifest import MANIFEST_NAME
+from gte_onnx.inference.session import INSTALL_HINT
 
 from .checkpoint import Checkpoint, load_checkpoint, read_max_length, read_pooling, save_checkpoint
 from .validate import DEFAULT_ATOL, DEFAULT_LENGTHS, validate_export
+from gte_onnx.defaults import CPU
 
 DEFAULT_OPSET = 17
 
@@ -98,7 +99,7 @@ def export_bert(model, task: str, onnx_path: Path) -> dict[str, Any]:
 def export_graph(checkpoint: Checkpoint, onnx_path: Path, attention: str = "auto") -> dict[str, Any]:
     """Pick the writer for the architecture: ModernBERT gets the windowed-attention graph, the BERT family
     the op-by-op graph; anything else (and attention="naive") is traced by torch.onnx.export."""
-    from gte_onnx.convert.converter import supported_architecture
+    from gte_onnx.folder.forms import supported_architecture
 
     family = supported_architecture(checkpoint.config.to_dict())
     if attention != "naive" and family == "modernbert":
@@ -128,7 +129,7 @@ def _session(path: Path):
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=[CPU])
 
 
 def _validate(ckpt: Checkpoint, session, info, files: FolderFiles, max_length: int, lengths, atol) -> dict:

@@ -10,7 +10,7 @@ import json
 import sys
 from pathlib import Path
 
-from gte_onnx.clierrors import verb_main
+from gte_onnx.cli.errors import verb_main
 from gte_onnx.errors import GteOnnxError, UsageError
 
 

@@ -56,16 +56,17 @@ def _json_number(value: float) -> float | str:
 
 
 def _open_runtime(folder: Path, task: str, variant: str, threads: int | None, providers):
-    import gte_onnx
+    from gte_onnx.embedder import Embedder
+    from gte_onnx.reranker import Reranker
 
-    cls = gte_onnx.Reranker if task == "rerank" else gte_onnx.Embedder
+    cls = Reranker if task == "rerank" else Embedder
     return cls(folder, variant=variant, threads=threads, providers=providers)
 
 
 def probe_outputs(model, task: str, texts, pairs) -> tuple[np.ndarray, list[np.ndarray]]:
     """Raw outputs (unnormalised embeddings, or logits) of an Embedder/Reranker on a probe set, with the
     token ids it used; shared by the parity report and the quantize step's fp32 baseline."""
-    from gte_onnx.tokenize import TruncationWarning
+    from gte_onnx.inference.tokenize import TruncationWarning
 
     with warnings.catch_warnings():
         # The probe set holds one over-long input on purpose; its truncation is checked via the token ids.
@@ -123,7 +124,7 @@ def evaluate_variant(
             return model.encode(texts, normalize=True, show_progress=False)
 
         with warnings.catch_warnings():
-            from gte_onnx.tokenize import TruncationWarning
+            from gte_onnx.inference.tokenize import TruncationWarning
 
             warnings.simplefilter("ignore", TruncationWarning)  # CISI abstracts can exceed BERT's 256
             own_data = data_figures(embed, data, max_queries)
@@ -195,7 +196,7 @@ def run_parity(
     log: Callable[[str], None] = lambda _m: None,
 ) -> ParityReport:
     from gte_onnx.errors import ModelFolderError, VariantError
-    from gte_onnx.manifest import Manifest
+    from gte_onnx.folder.manifest import Manifest
 
     manifest = Manifest.load(folder)
     if manifest.task != reference.task:

@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 from gte_onnx.errors import ModelFolderError
-from gte_onnx.manifest import Manifest, Variant, describe_data_files, describe_file, verify_variant
+from gte_onnx.folder.manifest import Manifest, Variant
+from gte_onnx.folder.integrity import describe_data_files, describe_file, verify_variant
 
 from .int8 import Int8Options
 from .q4 import Q4Options
+from gte_onnx.defaults import CPU, CUDA
 
-CPU = "CPUExecutionProvider"
-CUDA = "CUDAExecutionProvider"
 # Variant name -> (file name, providers it is meant for, best first).
 VARIANTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "fp16": ("model_fp16.onnx", (CUDA,)),

@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from gte_onnx.clierrors import verb_main
+from gte_onnx.cli.errors import verb_main
 from gte_onnx.errors import GteOnnxError, UsageError
 
 EPILOG = """examples:
@@ -123,7 +123,7 @@ def _options(args):
 
 @verb_main
 def main(argv: Sequence[str]) -> int:
-    """Entry point of `gte-onnx quantize`; errors are reported by the shared CLI policy (gte_onnx.clierrors)."""
+    """Entry point of `gte-onnx quantize`; errors are reported by the shared CLI policy (gte_onnx.cli.errors)."""
     args = build_parser().parse_args(list(argv))
     log = (lambda _msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
     from .build import parse_variants, quantize_folder
@@ -140,11 +140,10 @@ def main(argv: Sequence[str]) -> int:
             raise
         raise UsageError(f"cannot quantize {args.folder}: {exc}") from exc
     if args.rank:
-        from gte_onnx.bench.rank import rank_variants
+        from gte_onnx.inference.speed_ranking import rank_variants
 
-        log("ranking the variants' speed on the CPU (gte-onnx bench)")
-        ranking = rank_variants(args.folder, provider="CPUExecutionProvider", threads=args.threads, record=True)
-        log("CPUExecutionProvider ranking, fastest first: " + ", ".join(ranking))
+        log("ranking the variants' speed on the CPU")
+        rank_variants(args.folder, threads=args.threads, record=True, log=log)
     failed = [n for n in names if manifest.variants[n].fidelity and not manifest.variants[n].passes_gate()]
     if failed:
         print(f"gte-onnx quantize: variant(s) {', '.join(failed)} failed their fidelity gate; recorded, "

@@ -7,18 +7,20 @@ the reference, so a quantized variant is judged exactly as `gte-onnx parity` wou
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from gte_onnx import kernel_family
-from gte_onnx.manifest import Manifest
+from gte_onnx.inference import kernel_family
+from gte_onnx.folder.manifest import Manifest
+from gte_onnx.defaults import CPU
 
-CPU = "CPUExecutionProvider"
 DATA_SETS = ("sts-b", "cisi")
 
 
@@ -36,9 +38,10 @@ def uses_real_weights(manifest: Manifest) -> bool:
 
 
 def _open(folder: Path, task: str, variant: str, threads: int | None, provider: str):
-    import gte_onnx
+    from gte_onnx.embedder import Embedder
+    from gte_onnx.reranker import Reranker
 
-    cls = gte_onnx.Reranker if task == "rerank" else gte_onnx.Embedder
+    cls = Reranker if task == "rerank" else Embedder
     return cls(folder, variant=variant, providers=[provider], threads=threads)
 
 
@@ -49,7 +52,7 @@ def measure_baseline(
     from gte_onnx.parity.probes import build_probe_set
     from gte_onnx.parity.reference import Reference
     from gte_onnx.parity.report import data_figures, probe_outputs
-    from gte_onnx.tokenize import TruncationWarning
+    from gte_onnx.inference.tokenize import TruncationWarning
 
     folder = Path(folder)
     probes = build_probe_set(folder / "tokenizer.json", manifest.max_length, manifest.task)
@@ -121,3 +124,34 @@ def _number(value: float) -> float | str:
     """JSON has no NaN: a NaN figure (a broken variant) is written as the string "nan"."""
     value = float(value)
     return value if math.isfinite(value) else str(value)
+
+
+# ---- imported ONNX files (gte-onnx import, a hub repo's own files) ---------------------------------------
+def measure_imported(out: Path, manifest: Manifest, data_sets: tuple[str, ...], log: Callable[[str], None]) -> Manifest:
+    """Each variant against the folder's fp32 file; without one every variant is recorded as unmeasured."""
+    others = [n for n in manifest.variants if n != "fp32"]
+    if "fp32" not in manifest.variants:
+        for name in others:
+            fidelity = {"measured": False, "reason": "the source has no fp32 file to measure against"}
+            manifest = manifest.with_variant(dataclasses.replace(manifest.variants[name], fidelity=fidelity))
+        manifest.save(out)
+        log("no fp32 file: the variants stay unmeasured and variant='auto' will not pick them")
+        return manifest
+    if not others:
+        return manifest
+    log("measuring the fp32 file on the probe set" + (f" and {', '.join(data_sets)}" if data_sets else ""))
+    baseline = measure_baseline(out, manifest, data_sets)
+    for name in others:
+        variant = manifest.variants[name]
+        fidelity = measure_variant(out, name, baseline, variant.providers, kind=variant.recipe.get("gate_kind"))
+        manifest = Manifest.load(out).with_variant(dataclasses.replace(variant, fidelity=fidelity))
+        manifest.save(out)
+        log(_summary(name, fidelity))
+    return manifest
+
+
+def _summary(name: str, fidelity: Mapping[str, Any]) -> str:
+    keys = ("cosine_mean", "centred_cosine_mean", "logit_relative_error", "logit_spearman")
+    figures = ", ".join(f"{k} {fidelity[k]:.4g}" for k in keys if isinstance(fidelity.get(k), float))
+    verdict = "passed" if fidelity.get("passed") else "FAILED (" + "; ".join(fidelity.get("failures", [])) + ")"
+    return f"{name}: {figures}; gate {verdict}"

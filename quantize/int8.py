@@ -260,8 +260,8 @@ def calibration_batches(
     texts: Sequence[str], batch_size: int = 16, length_cap: int = 256,
 ) -> list[dict[str, np.ndarray]]:
     """Feeds of real text for static calibration, padded per batch like the runtime pads."""
-    from gte_onnx.batching import pad_batch
-    from gte_onnx.tokenize import TextTokenizer
+    from gte_onnx.inference.batching import pad_batch
+    from gte_onnx.inference.tokenize import TextTokenizer
 
     tok = TextTokenizer.from_folder(folder, min(max_length, length_cap), pad_token_id)
     encoded = tok.encode(list(texts))

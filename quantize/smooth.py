@@ -23,6 +23,7 @@ import numpy as np
 
 from . import graph
 from .graph import WeightUse
+from gte_onnx.defaults import CPU
 
 _EPS = 1e-5
 
@@ -53,7 +54,7 @@ def real_token_activations(
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every tensor
     options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=[CPU])
     for feed in feeds:
         valid = feed["attention_mask"].reshape(-1).astype(bool)
         batch = {}

@@ -1,6 +1,6 @@
 """`gte-onnx verify FOLDER`: measure the quantized variants' fidelity gates on this CPU's kernel family.
 
-int8 and q4 compute other numbers on other CPU families (gte_onnx.kernel_family), so `variant="auto"` only
+int8 and q4 compute other numbers on other CPU families (gte_onnx.inference.kernel_family), so `variant="auto"` only
 picks one whose gate was measured on this family, or on one of the same arithmetic. This measures it once,
 exactly as `gte-onnx quantize` did where the variant was built (probe set against this folder's fp32 on this
 CPU, plus STS-B / CISI for real weights with --eval full), and keeps the verdict in the cache directory, or
@@ -15,14 +15,15 @@ import platform
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from gte_onnx import kernel_family
-from gte_onnx.kernel_family import (
+from gte_onnx.inference import kernel_family
+from gte_onnx.inference.kernel_family import (
     FLOAT_KINDS,
     route_for,
     save_local_record,
     variant_kind,
 )
-from gte_onnx.manifest import Manifest
+from gte_onnx.folder.manifest import Manifest
+from gte_onnx.defaults import CPU
 
 # The figures a verification record keeps (the rest stays in the variant's own fidelity record).
 KEPT = ("centred_cosine_mean", "centred_cosine_min", "cosine_mean", "cosine_p1", "topk_overlap",
@@ -52,7 +53,7 @@ def verify_folder(
     for name in names:
         variant = manifest.variant(name)
         # The limits the variant was built against (a maker's --gate overrides included).
-        fidelity = measure_variant(folder, name, baseline, ("CPUExecutionProvider",), threads,
+        fidelity = measure_variant(folder, name, baseline, (CPU,), threads,
                                    overrides=variant.fidelity.get("thresholds"),
                                    kind=variant.fidelity.get("gate_kind"))
         out[name] = summary(fidelity, route_for(variant, family).name)
@@ -72,7 +73,7 @@ def verify_folder(
 
 def summary(fidelity: Mapping[str, Any], route: str) -> dict[str, Any]:
     """The verification record: verdict, failures, the main figures, and how it was measured."""
-    from gte_onnx import __version__
+    from gte_onnx.defaults import VERSION
     import onnxruntime
 
     return {
@@ -83,7 +84,7 @@ def summary(fidelity: Mapping[str, Any], route: str) -> dict[str, Any]:
         "route": route,
         "machine": platform.machine(),
         "onnxruntime": onnxruntime.__version__,
-        "gte-onnx": __version__,
+        "gte-onnx": VERSION,
     }
 
 

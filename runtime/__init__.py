@@ -7,21 +7,21 @@ Imports are lazy so that `import gte_onnx` costs nothing and never loads onnxrun
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from gte_onnx.defaults import VERSION as __version__
 __all__ = ["Embedder", "Reranker", "Manifest", "__version__"]
 
 
 def __getattr__(name: str):
     if name == "Embedder":
-        from .embedder import Embedder
+        from gte_onnx.embedder import Embedder
 
         return Embedder
     if name == "Reranker":
-        from .reranker import Reranker
+        from gte_onnx.reranker import Reranker
 
         return Reranker
     if name == "Manifest":
-        from .manifest import Manifest
+        from gte_onnx.folder.manifest import Manifest
 
         return Manifest
     raise AttributeError(f"module 'gte_onnx' has no attribute {name!r}")

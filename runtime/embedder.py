@@ -6,12 +6,13 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from .errors import PrecisionError
-from .loaded import LoadedModel
-from .pooling import embedding_postprocess
-from .precision import CalibrationRanges, calibrate, check_precision, needs_ranges, quantize, recorded_ranges
-from .stream import EmbeddedChunk, check_chunk_size, iter_chunks, warn_once_truncated
-from .tokenize import check_policy, check_texts, warn_truncated
+from gte_onnx.errors import PrecisionError
+from gte_onnx.loaded_model import LoadedModel
+from gte_onnx.inference.pooling import embedding_postprocess
+from gte_onnx.precision import CalibrationRanges, calibrate, check_precision, needs_ranges, quantize, recorded_ranges
+from gte_onnx.inference.stream import EmbeddedChunk, check_chunk_size, iter_chunks, warn_once_truncated
+from gte_onnx.inference.tokenize import check_policy, check_texts, warn_truncated
+from gte_onnx import defaults
 
 
 class Embeddings(np.ndarray):
@@ -43,7 +44,7 @@ class Embedder(LoadedModel):
              revision=None, source="auto", cache_dir=None, local_files_only=False)
 
     `model` is a model folder or a hub id: a gte-onnx folder, a safetensors checkpoint (converted once,
-    without torch, into the cache) or a repo's own ONNX files (see gte_onnx.resolve).
+    without torch, into the cache) or a repo's own ONNX files (see gte_onnx.sources.resolve).
 
     >>> model = Embedder("gte-modernbert-base-onnx")
     >>> vectors = model.encode(["what is the capital of China?", "Beijing"])
@@ -135,7 +136,7 @@ class Embedder(LoadedModel):
         self,
         items: Iterable,
         batch_size: int = 32,
-        chunk_size: int = 1024,
+        chunk_size: int = defaults.CHUNK_SIZE,
         normalize: bool | None = None,
         truncate: str | None = None,
         precision: str = "float32",

@@ -137,4 +137,4 @@ class ResumeMismatchError(InvalidInputError):
 
 class UnverifiedVariantWarning(UserWarning):
     """`variant="auto"` passed over a faster variant whose fidelity was not measured on this CPU's kernel
-    family (gte_onnx.kernel_family): the message names it, why, and the command that measures it here."""
+    family (gte_onnx.inference.kernel_family): the message names it, why, and the command that measures it here."""

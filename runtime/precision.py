@@ -35,7 +35,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .errors import PrecisionError
+from gte_onnx.errors import PrecisionError
 
 PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
 RANGES_FORMAT = "gte-onnx-ranges/1"

@@ -6,10 +6,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import InvalidInputError
-from .loaded import LoadedModel
-from .pooling import sigmoid
-from .tokenize import check_policy, check_texts, warn_truncated
+from gte_onnx.errors import InvalidInputError
+from gte_onnx.loaded_model import LoadedModel
+from gte_onnx.inference.pooling import sigmoid
+from gte_onnx.inference.tokenize import check_policy, check_texts, warn_truncated
 
 ACTIVATIONS = (None, "sigmoid")
 
@@ -55,7 +55,7 @@ class Reranker(LoadedModel):
              revision=None, source="auto", cache_dir=None, local_files_only=False)
 
     `model` is a model folder or a hub id: a gte-onnx folder, a safetensors checkpoint (converted once,
-    without torch, into the cache) or a repo's own ONNX files (see gte_onnx.resolve).
+    without torch, into the cache) or a repo's own ONNX files (see gte_onnx.sources.resolve).
 
     >>> reranker = Reranker("gte-reranker-modernbert-base-onnx")
     >>> reranker.rerank("what is the capital of China?", ["Beijing", "sorting algorithms"], top_k=1)

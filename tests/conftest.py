@@ -33,7 +33,7 @@ def minilm_checkpoint() -> Path:
 
 # What an exported folder depends on besides the fixture's arguments: the exporter and graph writer, the
 # manifest they write, and the libraries that trace, optimise and validate the graph.
-EXPORTER_SOURCES = ("export", "convert", "runtime/manifest.py")
+EXPORTER_SOURCES = ("export", "convert", "runtime/folder/manifest.py")
 EXPORTER_LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime")
 
 
@@ -150,7 +150,7 @@ def tiny_gte_short(tiny_gte_dir, tmp_path_factory):
     import shutil
 
     from gte_onnx import Embedder
-    from gte_onnx.manifest import Manifest
+    from gte_onnx.folder.manifest import Manifest
 
     folder = tmp_path_factory.mktemp("tiny-gte-short") / "model"
     shutil.copytree(tiny_gte_dir, folder)

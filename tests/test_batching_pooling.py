@@ -4,8 +4,8 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gte_onnx.batching import pad_batch, plan_batches
-from gte_onnx.pooling import cls_pool, l2_normalize, mean_pool
+from gte_onnx.inference.batching import pad_batch, plan_batches
+from gte_onnx.inference.pooling import cls_pool, l2_normalize, mean_pool
 
 
 @given(

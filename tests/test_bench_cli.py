@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 from gte_onnx.bench.cli import main
-from gte_onnx.bench.rank import rank_variants
-from gte_onnx.manifest import Manifest, Variant, describe_file
+from gte_onnx.inference.speed_ranking import rank_variants
+from gte_onnx.folder.manifest import Manifest, Variant
+from gte_onnx.folder.integrity import describe_file
 
 CPU = "CPUExecutionProvider"
 

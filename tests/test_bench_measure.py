@@ -21,7 +21,7 @@ from gte_onnx.bench.measure import (
     speed_ratio,
     summarize,
 )
-from gte_onnx.bench.ranking import rank_rows
+from gte_onnx.inference.speed_ranking import rank_rows
 from gte_onnx.bench.report import (
     failures,
     fidelity_figures,
@@ -32,7 +32,7 @@ from gte_onnx.bench.runner import add_ratios
 from gte_onnx.bench.shapes import Shape, TokenSource, parse_shapes
 from gte_onnx.bench.torch_baseline import resolve_torch_spec
 from gte_onnx.errors import InvalidInputError, ModelFolderError
-from gte_onnx.manifest import Manifest
+from gte_onnx.folder.manifest import Manifest
 
 GTE_ID = "Alibaba-NLP/gte-modernbert-base"
 ROOT = Path(__file__).resolve().parents[1]
@@ -413,8 +413,8 @@ def test_bench_package_imports_without_torch_onnxruntime_or_matplotlib():
     code = (
         "import sys\n"
         "import gte_onnx.bench, gte_onnx.bench.cli, gte_onnx.bench.runner, gte_onnx.bench.report, "
-        "gte_onnx.bench.worker, gte_onnx.bench.torch_baseline, gte_onnx.bench.ranking, gte_onnx.bench.machine, "
-        "gte_onnx.bench.rank, gte_onnx.bench.peers, gte_onnx.bench.peer_backends, gte_onnx.bench.phases, "
+        "gte_onnx.bench.worker, gte_onnx.bench.torch_baseline, gte_onnx.inference.speed_ranking, gte_onnx.bench.machine, "
+        "gte_onnx.bench.peers, gte_onnx.bench.peer_backends, gte_onnx.bench.phases, "
         "gte_onnx.bench.hub_peer, gte_onnx.bench.llamacpp_peer\n"
         "print(sorted(m for m in ('torch', 'transformers', 'onnxruntime', 'matplotlib', 'openvino', 'nncf', 'llama_cpp', "
         "'onnx', 'onnxslim') if m in sys.modules))\n"

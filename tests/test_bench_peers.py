@@ -103,7 +103,7 @@ def test_a_peer_honours_the_attention_mask_of_a_padded_batch(peers_run, tiny_gte
     evaluation in dev/peer_data_fidelity.py batches peers this way)."""
     import numpy as np
     from gte_onnx.bench.peer_backends import PeerBackend
-    from gte_onnx.tokenize import TextTokenizer
+    from gte_onnx.inference.tokenize import TextTokenizer
 
     _, _, work = peers_run
     (cache,) = [p for p in (work / "cache").iterdir() if p.is_dir()]
@@ -129,8 +129,8 @@ def test_the_openvino_peer_of_a_bert_checkpoint_pools_as_its_manifest_says(minil
     from gte_onnx import Embedder
     from gte_onnx.bench.peer_backends import PeerBackend, PeerBuilder
     from gte_onnx.bench.torch_baseline import resolve_torch_spec
-    from gte_onnx.manifest import Manifest
-    from gte_onnx.pooling import l2_normalize, pool
+    from gte_onnx.folder.manifest import Manifest
+    from gte_onnx.inference.pooling import l2_normalize, pool
 
     manifest = Manifest.load(minilm_dir)
     assert manifest.pooling == "mean"

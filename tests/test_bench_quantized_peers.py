@@ -153,8 +153,8 @@ def test_the_llamacpp_peer_of_a_bert_checkpoint_mean_pools_like_our_fp32(minilm_
     from gte_onnx.bench.llamacpp_peer import LlamaCppBackend, converter_path
     from gte_onnx.bench.peer_backends import PeerBuilder
     from gte_onnx.bench.torch_baseline import resolve_torch_spec
-    from gte_onnx.manifest import Manifest
-    from gte_onnx.pooling import l2_normalize
+    from gte_onnx.folder.manifest import Manifest
+    from gte_onnx.inference.pooling import l2_normalize
 
     try:
         converter_path()

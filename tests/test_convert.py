@@ -16,7 +16,7 @@ from gte_onnx.convert import convert_checkpoint, supported_architecture
 from gte_onnx.convert.checkpoint_meta import read_config
 from gte_onnx.convert.safetensors_io import CheckpointFormatError, read_checkpoint, read_safetensors
 from gte_onnx.errors import ModelFolderError, UnsupportedModelError
-from gte_onnx.manifest import Manifest
+from gte_onnx.folder.manifest import Manifest
 
 # 1..2048 tokens with every edge of the 64-token half window and of the 192-token dense/blockwise switch
 EDGE_LENGTHS = (1, 2, 63, 64, 65, 127, 128, 129, 191, 192, 193, 255, 256, 257, 600, 2048)
@@ -286,7 +286,7 @@ def test_validation_failure_is_typed_and_leaves_no_manifest(tiny_embedder_ckpt, 
     original = reference.modernbert_forward
     monkeypatch.setattr(reference, "modernbert_forward", lambda *a, **k: original(*a, **k) + 1e-3)
     with pytest.raises(ExportValidationError) as info:
-        converter.convert_checkpoint(folder, tmp_path / "out", variants=(), validate_lengths=(5,), **QUIET)
+        converter.convert_fp32(folder, tmp_path / "out", validate_lengths=(5,), **QUIET)
     assert info.value.case == "length 5" and "numpy reference" in str(info.value)
     assert not (tmp_path / "out" / "gte-onnx.json").exists()
 

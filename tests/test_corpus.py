@@ -17,10 +17,10 @@ import pytest
 pa = pytest.importorskip("pyarrow")
 import pyarrow.parquet as pq  # noqa: E402
 
-from gte_onnx.corpus import CorpusJob, ModelOptions, run_corpus  # noqa: E402
-from gte_onnx.corpus_io import CorpusFormat  # noqa: E402
+from gte_onnx.corpus.engine import CorpusJob, ModelOptions, run_corpus  # noqa: E402
+from gte_onnx.corpus.readers import CorpusFormat  # noqa: E402
 from gte_onnx.errors import CorpusFormatError, InvalidInputError, ResumeMismatchError  # noqa: E402
-from gte_onnx.stream import EmbeddedChunk  # noqa: E402
+from gte_onnx.inference.stream import EmbeddedChunk  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +66,7 @@ def test_embed_streams_lazily_and_matches_encode(tiny_gte):
 def test_embed_pairs_give_ids_token_counts_and_truncation(tiny_gte_short):
     long_text = "word " * 400
     items = [("a", "short text"), ("b", long_text), ("c", "another one")]
-    from gte_onnx.tokenize import TruncationWarning
+    from gte_onnx.inference.tokenize import TruncationWarning
 
     with pytest.warns(TruncationWarning, match="later chunks do not warn again"):
         chunks = list(tiny_gte_short.embed(iter(items), chunk_size=2))
@@ -176,7 +176,7 @@ def test_resume_after_a_crash_skips_complete_shards(tiny_gte, tiny_gte_dir, tmp_
     texts = docs(45)
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(texts) + "\n", encoding="utf-8")
-    import gte_onnx.corpus as corpus_module
+    import gte_onnx.corpus.engine as corpus_module
 
     real, calls = corpus_module.embed_shard, []
 
@@ -309,7 +309,7 @@ def test_cli_prints_a_summary(tiny_gte_dir, tmp_path):
 # ---- the Ray adapter, without a cluster -------------------------------------------------------------------
 def test_embed_batches_maps_a_batch_like_encode(tiny_gte, tiny_gte_dir):
     from gte_onnx.errors import IntegrityError
-    from gte_onnx.ray import EmbedBatches
+    from gte_onnx.corpus.ray import EmbedBatches
 
     texts = docs(6)
     mapper = EmbedBatches(str(tiny_gte_dir), threads=1, sha256=tiny_gte.onnx_model.variant.sha256)
@@ -324,7 +324,7 @@ def test_embed_batches_maps_a_batch_like_encode(tiny_gte, tiny_gte_dir):
 
 
 def test_the_core_never_imports_ray_at_import_time():
-    code = ("import sys, gte_onnx.embedder, gte_onnx.corpus, gte_onnx.corpus_cli, gte_onnx.cli, gte_onnx.ray; "
+    code = ("import sys, gte_onnx.embedder, gte_onnx.corpus.engine, gte_onnx.corpus.cli, gte_onnx.cli, gte_onnx.corpus.ray; "
             "print('ray' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
@@ -332,7 +332,7 @@ def test_the_core_never_imports_ray_at_import_time():
 
 
 def test_a_second_run_into_the_same_output_is_refused(tiny_gte_dir, tmp_path):
-    from gte_onnx.corpus_output import OutputLock
+    from gte_onnx.corpus.output import OutputLock
 
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(docs(5)) + "\n", encoding="utf-8")
@@ -355,7 +355,7 @@ def test_embed_batches_resolves_a_hub_id_from_the_node_cache(tiny_gte, tiny_gte_
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(revision)
     code = (
-        "import pyarrow as pa\nfrom gte_onnx.ray import EmbedBatches\n"
+        "import pyarrow as pa\nfrom gte_onnx.corpus.ray import EmbedBatches\n"
         f"m = EmbedBatches('acme/tiny-gte', threads=1, sha256={tiny_gte.onnx_model.variant.sha256!r})\n"
         "out = m(pa.table({'id': ['x'], 'text': ['hello there']}))\n"
         "print(m.embedder.folder, out.num_rows)\n"

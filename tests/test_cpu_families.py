@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gte_onnx import kernel_family
+from gte_onnx.inference import kernel_family
 from gte_onnx.parity.datasets import load_cisi, load_sts_b
 from gte_onnx.parity.metrics import centred_cosine_rows
 

@@ -7,10 +7,12 @@ import json
 
 import pytest
 
-from gte_onnx import cli, doctor, session
-from gte_onnx.cpu import parse_cpuinfo, read_cpuinfo
-from gte_onnx.manifest import Manifest, Variant
-from gte_onnx.kernel_family import detect_family
+from gte_onnx import cli
+from gte_onnx.cli import doctor
+from gte_onnx.inference import session
+from gte_onnx.inference.cpu import parse_cpuinfo, read_cpuinfo
+from gte_onnx.folder.manifest import Manifest, Variant
+from gte_onnx.inference.kernel_family import detect_family
 
 CPU, CUDA = session.CPU, session.CUDA
 

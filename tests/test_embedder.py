@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from gte_onnx import Embedder
 from gte_onnx.errors import InputTooLongError, InvalidInputError, ProviderError
-from gte_onnx.tokenize import TruncationWarning
+from gte_onnx.inference.tokenize import TruncationWarning
 
 TEXTS = ["what is the capital of China?", "how to implement quick sort in python?", "Beijing", "sorting algorithms"]
 

@@ -1,5 +1,5 @@
 """Every failure a user can cause is a typed error whose message names the file and the problem, and the
-command line reports it as one line (see gte_onnx.clierrors for the exit codes)."""
+command line reports it as one line (see gte_onnx.cli.errors for the exit codes)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import pytest
 
 from gte_onnx import Embedder
 from gte_onnx.cli import main
-from gte_onnx.clierrors import EXIT_INTERNAL, EXIT_INTERRUPTED, run_verb, take_debug_flag
+from gte_onnx.cli.errors import EXIT_INTERNAL, EXIT_INTERRUPTED, run_verb, take_debug_flag
 from gte_onnx.errors import (
     GteOnnxError,
     InferenceError,
@@ -23,7 +23,8 @@ from gte_onnx.errors import (
     ModelFolderError,
     UsageError,
 )
-from gte_onnx.manifest import MANIFEST_NAME, Manifest, describe_file
+from gte_onnx.folder.manifest import MANIFEST_NAME, Manifest
+from gte_onnx.folder.integrity import describe_file
 from tests.folders import link_copy
 
 
@@ -97,7 +98,7 @@ def test_model_file_that_cannot_be_read_for_its_sha256(tiny_gte_dir, tmp_path, m
     # We run as root, where chmod 000 does not stop a read: the sha256 check's open() is refused instead.
     import builtins
 
-    import gte_onnx.manifest as manifest_module
+    import gte_onnx.folder.integrity as integrity_module
 
     folder = link_copy(tiny_gte_dir, tmp_path / "m")
     real_open = builtins.open
@@ -107,7 +108,7 @@ def test_model_file_that_cannot_be_read_for_its_sha256(tiny_gte_dir, tmp_path, m
             raise PermissionError(13, "Permission denied", str(file))
         return real_open(file, *args, **kwargs)
 
-    monkeypatch.setattr(manifest_module, "open", refusing_open, raising=False)
+    monkeypatch.setattr(integrity_module, "open", refusing_open, raising=False)
     with pytest.raises(ModelFolderError, match=r"variant '\w+': cannot read .*\.onnx to check its sha256 "
                                                r"\(Permission denied\)") as exc:
         Embedder(folder, threads=1)

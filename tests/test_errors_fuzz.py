@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 
 from gte_onnx import Embedder, Reranker
 from gte_onnx.errors import GteOnnxError
-from gte_onnx.manifest import MANIFEST_NAME
+from gte_onnx.folder.manifest import MANIFEST_NAME
 from tests.folders import link_copy
 
 TOP_KEYS = ["format_version", "task", "pooling", "normalize", "max_length", "dim", "inputs", "output", "opset",

@@ -8,7 +8,7 @@ import pytest
 
 from gte_onnx.export.checkpoint import CheckpointError, load_checkpoint, read_max_length
 from gte_onnx.export.validate import ExportValidationError, validate_export
-from gte_onnx.manifest import Manifest
+from gte_onnx.folder.manifest import Manifest
 
 from .conftest import GTE_ID, TINY_OVERRIDES, minilm_checkpoint
 

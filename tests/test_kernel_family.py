@@ -13,9 +13,12 @@ import warnings
 import numpy as np
 import pytest
 
-from gte_onnx import Embedder, cli, kernel_family, session
+from gte_onnx import Embedder
+from gte_onnx import cli
+from gte_onnx.inference import kernel_family
+from gte_onnx.inference import session
 from gte_onnx.errors import ModelFolderError, UnverifiedVariantWarning
-from gte_onnx.kernel_family import (
+from gte_onnx.inference.kernel_family import (
     FAMILIES,
     NATIVE,
     U8_WEIGHTS,
@@ -23,7 +26,7 @@ from gte_onnx.kernel_family import (
     same_arithmetic,
     verification,
 )
-from gte_onnx.manifest import Manifest
+from gte_onnx.folder.manifest import Manifest
 
 CPU = "CPUExecutionProvider"
 TEXTS = ["what is the capital of China?", "Beijing", "how to implement quick sort in python?",
@@ -50,7 +53,7 @@ def test_this_cpu_has_a_known_family():
 
 
 def _variant(kind: str, fidelity=None, verified_on=None):
-    from gte_onnx.manifest import Variant
+    from gte_onnx.folder.manifest import Variant
 
     return Variant(name=kind, file=f"model_{kind}.onnx", sha256=kind * 8, bytes=1, recipe={"kind": kind},
                    fidelity=fidelity if fidelity is not None else {"passed": True, "kernel_family": "x86-vnni"},
@@ -156,7 +159,7 @@ def test_every_variant_gives_a_text_the_same_vector_alone_and_in_any_batch(folde
 
 
 def test_an_odd_width_is_padded_to_the_variants_multiple_but_never_past_the_max_length():
-    from gte_onnx.batching import pad_batch
+    from gte_onnx.inference.batching import pad_batch
 
     ids, mask = pad_batch([np.array([1, 2, 3]), np.array([4])], 0, multiple=2)
     assert ids.shape == (2, 4) and mask.sum() == 4 and (ids[:, 3] == 0).all()

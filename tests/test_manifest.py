@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from gte_onnx.errors import IntegrityError, ModelFolderError, VariantError
-from gte_onnx.manifest import MANIFEST_NAME, Manifest, describe_file, resolve_inside
+from gte_onnx.folder.manifest import MANIFEST_NAME, Manifest
+from gte_onnx.folder.integrity import describe_file, resolve_inside
 
 
 def test_manifest_roundtrip_and_fields(tiny_gte_dir):
@@ -113,7 +114,7 @@ def test_external_data_outside_the_folder_is_refused(tmp_path):
     onnx = pytest.importorskip("onnx")
     from onnx import TensorProto, helper, numpy_helper
 
-    from gte_onnx.session import OnnxModel
+    from gte_onnx.inference.session import OnnxModel
 
     folder = tmp_path / "model"
     folder.mkdir()

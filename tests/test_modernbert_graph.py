@@ -243,7 +243,7 @@ def test_saved_graph_holds_the_fused_ops_the_config_implies(embedder, reranker, 
 
 
 def test_tiny_fixture_manifest_records_the_fused_ops(tiny_gte_dir):
-    from gte_onnx.manifest import Manifest
+    from gte_onnx.folder.manifest import Manifest
 
     from tests.conftest import TINY_OVERRIDES
 

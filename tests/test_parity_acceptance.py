@@ -38,7 +38,7 @@ def run_card_pipeline(checkpoint: Path, onnx_dir: Path, work: Path, expected: li
     from sentence_transformers import SentenceTransformer
 
     from gte_onnx import Embedder
-    from gte_onnx.manifest import Manifest
+    from gte_onnx.folder.manifest import Manifest
     from gte_onnx.parity.cli import parity_main, reference_main
 
     st_vectors = SentenceTransformer(str(checkpoint), device="cpu").encode(

@@ -13,7 +13,8 @@ import pytest
 pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from gte_onnx.manifest import Manifest, Variant, describe_file  # noqa: E402
+from gte_onnx.folder.manifest import Manifest, Variant
+from gte_onnx.folder.integrity import describe_file
 from gte_onnx.parity.cli import parity_main  # noqa: E402
 from gte_onnx.parity.reference import Reference, ReferenceFileError, compute_reference  # noqa: E402
 

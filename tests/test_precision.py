@@ -238,7 +238,7 @@ def test_embed_corpus_vector_column_takes_the_precision(calibrated_dir, tiny_gte
     pq = pytest.importorskip("pyarrow.parquet")
     import pyarrow as pa
 
-    from gte_onnx.corpus import CorpusJob, ModelOptions, run_corpus
+    from gte_onnx.corpus.engine import CorpusJob, ModelOptions, run_corpus
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
@@ -263,7 +263,7 @@ def test_embed_corpus_vector_column_takes_the_precision(calibrated_dir, tiny_gte
 
 def test_ray_actor_class_quantizes_its_batches(tiny_gte_dir, tiny_gte, ranges):
     pa = pytest.importorskip("pyarrow")
-    from gte_onnx.ray import EmbedBatches
+    from gte_onnx.corpus.ray import EmbedBatches
 
     actor = EmbedBatches(str(tiny_gte_dir), threads=1, precision="int8", ranges=ranges.to_json())
     table = actor(pa.table({"id": list(range(4)), "text": TEXTS}))

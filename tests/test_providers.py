@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gte_onnx import session
+from gte_onnx.inference import session
 from gte_onnx.errors import ProviderError, VariantError
-from gte_onnx.manifest import Manifest
+from gte_onnx.folder.manifest import Manifest
 
 
 class FakeOrt:

@@ -15,7 +15,8 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from gte_onnx.manifest import Manifest, describe_file, sha256_file
+from gte_onnx.folder.manifest import Manifest
+from gte_onnx.folder.integrity import describe_file, sha256_file
 from gte_onnx.quantize.build import QuantizeOptions, quantize_folder
 from gte_onnx.quantize.cli import main as quantize_main
 from gte_onnx.quantize.graph import MIN_WEIGHT_ELEMENTS, float_weight_bytes, op_counts

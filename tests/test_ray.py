@@ -22,8 +22,8 @@ psutil = pytest.importorskip("psutil")
 pa = pytest.importorskip("pyarrow")
 import pyarrow.parquet as pq  # noqa: E402
 
-from gte_onnx.corpus import CorpusJob, ModelOptions  # noqa: E402
-from gte_onnx.corpus_io import CorpusFormat  # noqa: E402
+from gte_onnx.corpus.engine import CorpusJob, ModelOptions  # noqa: E402
+from gte_onnx.corpus.readers import CorpusFormat  # noqa: E402
 
 pytestmark = pytest.mark.slow
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -148,7 +148,7 @@ def _read(output: Path):
 
 def _start_job(job, address) -> tuple[threading.Thread, dict]:
     """Run the Ray job in a thread, so a test can act while it runs and give up on it after a bounded wait."""
-    from gte_onnx.ray import run_corpus_on_ray
+    from gte_onnx.corpus.ray import run_corpus_on_ray
 
     result: dict = {}
 

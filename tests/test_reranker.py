@@ -7,7 +7,7 @@ import pytest
 
 from gte_onnx import Reranker
 from gte_onnx.errors import InvalidInputError
-from gte_onnx.manifest import Manifest
+from gte_onnx.folder.manifest import Manifest
 
 from .conftest import RERANKER_ID, TINY_OVERRIDES
 

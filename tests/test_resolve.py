@@ -122,7 +122,7 @@ def test_gte_onnx_repo_fetches_the_manifest_then_only_the_chosen_variant(hub, do
 
 
 def test_local_gte_onnx_folder_is_used_in_place(tiny_gte_dir):
-    from gte_onnx.resolve import resolve_model
+    from gte_onnx.sources.resolve import resolve_model
 
     assert resolve_model(tiny_gte_dir) == Path(tiny_gte_dir)
 
@@ -130,7 +130,7 @@ def test_local_gte_onnx_folder_is_used_in_place(tiny_gte_dir):
 # ---- 2. a checkpoint, converted without torch ------------------------------------------------------------
 def test_checkpoint_repo_is_converted_once_then_read_from_the_cache(hub, downloads, tiny_checkpoint, tiny_gte_dir,
                                                                     monkeypatch):
-    from gte_onnx.convert import converter
+    from gte_onnx import pipeline
 
     files = {**meta_files(tiny_checkpoint), "model.safetensors": tiny_checkpoint / "model.safetensors",
              "gte-onnx-source.json": tiny_checkpoint / "gte-onnx-source.json", "README.md": b"# tiny\n"}
@@ -146,7 +146,7 @@ def test_checkpoint_repo_is_converted_once_then_read_from_the_cache(hub, downloa
 
     # Second load: the cache answers; no weights are read and nothing is converted.
     calls = []
-    monkeypatch.setattr(converter, "convert_checkpoint", lambda *a, **k: calls.append(a))
+    monkeypatch.setattr(pipeline, "convert_checkpoint", lambda *a, **k: calls.append(a))
     downloads.clear()
     again, second = embed("org/tiny-gte", variant="int8")
     assert calls == [] and "model.safetensors" not in downloads and second.folder == folder
@@ -154,9 +154,9 @@ def test_checkpoint_repo_is_converted_once_then_read_from_the_cache(hub, downloa
 
 
 def test_a_crash_mid_conversion_leaves_no_complete_looking_folder(hub, tiny_checkpoint, monkeypatch):
-    from gte_onnx.convert import converter
+    from gte_onnx import pipeline
     from gte_onnx.errors import ModelFolderError
-    from gte_onnx.resolve import resolve_model
+    from gte_onnx.sources.resolve import resolve_model
 
     commit = hub.add("org/crashy", {**meta_files(tiny_checkpoint), "model.safetensors": tiny_checkpoint / "model.safetensors"})
 
@@ -165,7 +165,7 @@ def test_a_crash_mid_conversion_leaves_no_complete_looking_folder(hub, tiny_chec
         (out / "gte-onnx.json.tmp").write_text("{")
         raise ModelFolderError("simulated crash while converting")
 
-    monkeypatch.setattr(converter, "convert_checkpoint", dies_midway)
+    monkeypatch.setattr(pipeline, "convert_checkpoint", dies_midway)
     with pytest.raises(ModelFolderError, match="simulated crash"):
         resolve_model("org/crashy", variant=None)
     kind_dir = hub.cache / "models--org--crashy" / "converted"
@@ -183,7 +183,7 @@ def test_a_crash_mid_conversion_leaves_no_complete_looking_folder(hub, tiny_chec
         shutil.copytree(source, out, dirs_exist_ok=True)
         (out / "gte-onnx.json").write_text("{}")
 
-    monkeypatch.setattr(converter, "convert_checkpoint", fake_convert)
+    monkeypatch.setattr(pipeline, "convert_checkpoint", fake_convert)
     folder = resolve_model("org/crashy", variant=None)
     assert folder == kind_dir / commit and built == [("int8",)] and not stale.exists()
 
@@ -191,8 +191,8 @@ def test_a_crash_mid_conversion_leaves_no_complete_looking_folder(hub, tiny_chec
 def test_concurrent_conversions_of_one_model_build_it_once(hub, tiny_checkpoint, monkeypatch):
     import time
 
-    from gte_onnx.convert import converter
-    from gte_onnx.resolve import resolve_model
+    from gte_onnx import pipeline
+    from gte_onnx.sources.resolve import resolve_model
 
     hub.add("org/racy", {**meta_files(tiny_checkpoint), "model.safetensors": tiny_checkpoint / "model.safetensors"})
     built = []
@@ -202,7 +202,7 @@ def test_concurrent_conversions_of_one_model_build_it_once(hub, tiny_checkpoint,
         time.sleep(0.5)
         (out / "gte-onnx.json").write_text("{}")
 
-    monkeypatch.setattr(converter, "convert_checkpoint", slow_convert)
+    monkeypatch.setattr(pipeline, "convert_checkpoint", slow_convert)
     results: list[Path] = []
     threads = [threading.Thread(target=lambda: results.append(resolve_model("org/racy", variant=None))) for _ in range(3)]
     for t in threads:
@@ -214,8 +214,8 @@ def test_concurrent_conversions_of_one_model_build_it_once(hub, tiny_checkpoint,
 
 def test_local_checkpoint_folder_is_keyed_on_path_and_content(hub, tiny_checkpoint, two_variant_dir, tmp_path,
                                                               monkeypatch):
-    from gte_onnx.convert import converter
-    from gte_onnx.resolve import resolve_model
+    from gte_onnx import pipeline
+    from gte_onnx.sources.resolve import resolve_model
 
     folder = tmp_path / "my-checkpoint"
     shutil.copytree(tiny_checkpoint, folder)
@@ -225,7 +225,7 @@ def test_local_checkpoint_folder_is_keyed_on_path_and_content(hub, tiny_checkpoi
         built.append(source)
         shutil.copyfile(two_variant_dir / "gte-onnx.json", out / "gte-onnx.json")  # fp32 + int8
 
-    monkeypatch.setattr(converter, "convert_checkpoint", fake_convert)
+    monkeypatch.setattr(pipeline, "convert_checkpoint", fake_convert)
     first = resolve_model(folder, variant=None)
     assert resolve_model(folder, variant=None) == first and len(built) == 1
     assert first.is_relative_to(hub.cache / "local")
@@ -313,7 +313,7 @@ def test_without_an_fp32_file_auto_never_picks_an_unmeasured_variant(hub, tiny_c
 
 def test_gte_onnx_import_writes_a_folder_for_bench_and_parity(tiny_checkpoint, tiny_gte_dir, inline_graph, quantized_graph, tmp_path):
     from gte_onnx.cli import main
-    from gte_onnx.manifest import Manifest
+    from gte_onnx.folder.manifest import Manifest
 
     src = tmp_path / "src"
     for name, path in {**meta_files(tiny_checkpoint), "model.onnx": inline_graph,
@@ -329,7 +329,7 @@ def test_gte_onnx_import_writes_a_folder_for_bench_and_parity(tiny_checkpoint, t
 # ---- 4. anything else ---------------------------------------------------------------------------------
 def test_a_truncated_safetensors_file_is_a_typed_error(hub, tiny_checkpoint):
     from gte_onnx.errors import ModelFolderError
-    from gte_onnx.resolve import resolve_model
+    from gte_onnx.sources.resolve import resolve_model
 
     weights = (tiny_checkpoint / "model.safetensors").read_bytes()
     commit = hub.add("org/truncated", {**meta_files(tiny_checkpoint), "model.safetensors": weights[: len(weights) // 2]})
@@ -340,7 +340,7 @@ def test_a_truncated_safetensors_file_is_a_typed_error(hub, tiny_checkpoint):
 
 def test_an_unsupported_architecture_says_what_was_found(hub, tiny_checkpoint):
     from gte_onnx.errors import UnsupportedModelError
-    from gte_onnx.resolve import resolve_model
+    from gte_onnx.sources.resolve import resolve_model
 
     config = json.dumps({"model_type": "t5", "architectures": ["T5EncoderModel"]}).encode()
     hub.add("org/t5", {"config.json": config, "model.safetensors": tiny_checkpoint / "model.safetensors"})
@@ -350,7 +350,7 @@ def test_an_unsupported_architecture_says_what_was_found(hub, tiny_checkpoint):
 
 def test_a_repo_with_neither_weights_nor_onnx_files(hub, tiny_checkpoint):
     from gte_onnx.errors import UnsupportedModelError
-    from gte_onnx.resolve import resolve_model
+    from gte_onnx.sources.resolve import resolve_model
 
     hub.add("org/empty", {**meta_files(tiny_checkpoint), "pytorch_model.bin": b"pickle"})
     with pytest.raises(UnsupportedModelError) as err:
@@ -362,7 +362,7 @@ def test_a_repo_with_neither_weights_nor_onnx_files(hub, tiny_checkpoint):
 
 def test_source_convert_on_an_onnx_only_repo(hub, tiny_checkpoint, tiny_gte_dir, inline_graph):
     from gte_onnx.errors import UnsupportedModelError
-    from gte_onnx.resolve import resolve_model
+    from gte_onnx.sources.resolve import resolve_model
 
     hub.add("org/onnx-only", {**meta_files(tiny_checkpoint), "model.onnx": inline_graph})
     with pytest.raises(UnsupportedModelError, match="source='convert'"):
@@ -371,7 +371,7 @@ def test_source_convert_on_an_onnx_only_repo(hub, tiny_checkpoint, tiny_gte_dir,
 
 def test_a_repo_missing_from_the_offline_cache(hub):
     from gte_onnx.errors import ModelFolderError
-    from gte_onnx.resolve import resolve_model
+    from gte_onnx.sources.resolve import resolve_model
 
     with pytest.raises(ModelFolderError, match=r"org/absent is not in the local hub cache .*offline"):
         resolve_model("org/absent")
@@ -398,7 +398,7 @@ def test_cli_unsupported_model_is_one_clear_line(hub, tiny_checkpoint, capsys):
 
 def test_a_variant_no_conversion_makes_is_refused_before_converting(hub, tiny_checkpoint):
     from gte_onnx.errors import VariantError
-    from gte_onnx.resolve import resolve_model
+    from gte_onnx.sources.resolve import resolve_model
 
     hub.add("org/convertible", {**meta_files(tiny_checkpoint), "model.safetensors": tiny_checkpoint / "model.safetensors"})
     with pytest.raises(VariantError, match=r"'bnb4' is not one a conversion makes.*source='onnx'"):
@@ -411,7 +411,7 @@ def test_local_files_only_never_asks_the_hub_and_an_unreachable_hub_falls_back_t
     import huggingface_hub
     from huggingface_hub import constants
 
-    from gte_onnx.resolve import resolve_model
+    from gte_onnx.sources.resolve import resolve_model
 
     commit = hub.add("org/cached", {p.relative_to(two_variant_dir).as_posix(): p
                                     for p in two_variant_dir.rglob("*") if p.is_file()})
@@ -462,7 +462,7 @@ def test_a_bert_optimum_repo_declares_token_type_ids_and_mean_pooling(hub, minil
 def test_gte_onnx_import_of_a_hub_id_downloads_only_the_named_variants(hub, downloads, tiny_checkpoint, tiny_gte_dir, inline_graph,
                                                                         tmp_path):
     from gte_onnx.cli import main
-    from gte_onnx.manifest import Manifest
+    from gte_onnx.folder.manifest import Manifest
 
     hub.add("org/to-import", {**meta_files(tiny_checkpoint), "onnx/model.onnx": inline_graph,
                               "onnx/model_fp16.onnx": b"not wanted"})

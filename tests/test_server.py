@@ -116,7 +116,7 @@ def test_tei_truncation(http, backend, tiny_gte):
     assert "max length" in refused.json()["error"] and refused.json()["error_type"] == "input_too_long"
     left = http.post("/embed", json={"inputs": [long_text + " tail"], "truncate": True, "truncation_direction": "Left"})
     assert left.status_code == 200
-    from gte_onnx.tokenize import TruncationWarning
+    from gte_onnx.inference.tokenize import TruncationWarning
 
     with pytest.warns(TruncationWarning):
         want = tiny_gte.encode([long_text + " tail"], normalize=True, truncate="start")

@@ -54,7 +54,7 @@ def tiny_int8_dir(tiny_gte_dir, tmp_path_factory):
     """The tiny model with an int8 variant (probe gate only), in a private copy."""
     import shutil
 
-    from gte_onnx.manifest import Manifest
+    from gte_onnx.folder.manifest import Manifest
     from gte_onnx.quantize.build import QuantizeOptions, quantize_folder
 
     folder = tmp_path_factory.mktemp("load-int8") / "tiny-gte"

@@ -8,10 +8,10 @@ import os
 
 import pytest
 
-from gte_onnx import manifest as manifest_module
-from gte_onnx import verified
+from gte_onnx.folder import integrity as verified
 from gte_onnx.errors import IntegrityError
-from gte_onnx.manifest import Variant, verify_variant
+from gte_onnx.folder.manifest import Variant
+from gte_onnx.folder.integrity import verify_variant
 
 
 @pytest.fixture
@@ -27,13 +27,13 @@ def folder(tmp_path, monkeypatch):
 def hashes(monkeypatch):
     """Counts the real sha256 computations verify_variant asks for."""
     calls = []
-    real = manifest_module.sha256_file
+    real = verified.sha256_file
 
     def counting(path, *args, **kwargs):
         calls.append(str(path))
         return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(manifest_module, "sha256_file", counting)
+    monkeypatch.setattr(verified, "sha256_file", counting)
     return calls
 
 

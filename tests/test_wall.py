@@ -1,11 +1,13 @@
-"""The walls: runtime/ never imports torch, transformers, llama_cpp or the export/quantize/parity/bench subpackages (and the
-torch-free converter only lazily, inside the functions that convert); convert/ never imports torch,
-transformers or gte_onnx.export; a fresh environment with only `.[cpu]` installed converts a safetensors
-checkpoint and embeds texts while `import torch` fails there."""
+"""The walls: the package graph has no cycle and no arrow against the layer order of docs/architecture.md
+(scripts/package_graph.py, lazy imports included); runtime/ never imports torch, transformers, llama_cpp or a
+later stage (only gte_onnx.pipeline, the first load's driver, imports convert and quantize); convert/ never
+imports torch, transformers or gte_onnx.export; a fresh environment with only `.[cpu]` installed converts a
+safetensors checkpoint and embeds texts while `import torch` fails there."""
 
 from __future__ import annotations
 
 import ast
+import importlib.util
 import os
 import subprocess
 import sys
@@ -16,8 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 FORBIDDEN_TOP = {"torch", "transformers", "optimum", "sentence_transformers", "onnx", "onnxscript", "llama_cpp", "onnxslim"}
-FORBIDDEN_SUBPACKAGES = {"export", "quantize", "parity", "bench"}
-LAZY_ONLY_SUBPACKAGES = {"convert"}  # the runtime may call the converter, but never loads it at import time
+FORBIDDEN_SUBPACKAGES = {"export", "quantize", "parity", "bench", "convert"}
+DRIVER = ROOT / "runtime" / "pipeline.py"  # the first load's pipeline: the one runtime module that imports stages
 CONVERT_FORBIDDEN_TOP = {"torch", "transformers", "optimum", "sentence_transformers", "onnxscript"}
 CONVERT_FORBIDDEN_SUBPACKAGES = {"export"}
 
@@ -72,19 +74,49 @@ def test_runtime_never_imports_torch_side_packages():
         seen += 1
         top = module.split(".")[0]
         parts = module.split(".")
-        if top in FORBIDDEN_TOP or (top == "gte_onnx" and len(parts) > 1 and parts[1] in FORBIDDEN_SUBPACKAGES):
+        stage = top == "gte_onnx" and len(parts) > 1 and parts[1] in FORBIDDEN_SUBPACKAGES
+        if top in FORBIDDEN_TOP or (stage and path != DRIVER):
             offenders.append(f"{path.relative_to(ROOT)}:{line} imports {module}")
     assert seen > 20, "the scan found too few imports: is it reading runtime/?"
     assert not offenders, "\n".join(offenders)
 
 
-def test_runtime_loads_the_converter_only_inside_functions():
-    offenders = [
-        f"{path.relative_to(ROOT)}:{line} imports {module} at module level"
-        for path, line, module, top_level in runtime_imports(with_level=True)
-        if top_level and module.split(".")[:2] in (["gte_onnx", subpackage] for subpackage in LAZY_ONLY_SUBPACKAGES)
-    ]
-    assert not offenders, "\n".join(offenders)
+def _package_graph():
+    spec = importlib.util.spec_from_file_location("package_graph", ROOT / "scripts" / "package_graph.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_package_graph_has_no_cycle_and_no_arrow_against_the_layers():
+    graph = _package_graph()
+    edges = graph.edges()
+    assert len(graph.modules()) > 100 and sum(len(t) for t in edges.values()) > 300, "the scan found too little"
+    assert graph.violations(edges) == []
+    assert graph.cycles(edges) == []
+    assert graph.named_stage_references() == []
+
+
+def test_the_graph_check_catches_an_upward_arrow_a_cycle_and_a_named_stage(tmp_path):
+    """Plant a runtime module that imports a later stage lazily, two modules that import each other, and a
+    runtime module that reaches a stage by name: each check must fail."""
+    graph = _package_graph()
+    planted = {
+        ROOT / "runtime" / "_wall_probe_up.py": "def f():\n    from gte_onnx.quantize import build\n",
+        ROOT / "runtime" / "_wall_probe_a.py": "from gte_onnx import _wall_probe_b\n",
+        ROOT / "runtime" / "_wall_probe_b.py": "def g():\n    from gte_onnx import _wall_probe_a\n",
+        ROOT / "runtime" / "_wall_probe_named.py": "import importlib\nSTAGE = importlib.import_module('gte_onnx.bench.cli')\n",
+    }
+    try:
+        for path, text in planted.items():
+            path.write_text(text, encoding="utf-8")
+        edges = graph.edges()
+        assert any("gte_onnx._wall_probe_up" in v and "gte_onnx.quantize.build" in v for v in graph.violations(edges))
+        assert ["gte_onnx._wall_probe_a", "gte_onnx._wall_probe_b"] in graph.cycles(edges)
+        assert any("_wall_probe_named" in v and "gte_onnx.bench.cli" in v for v in graph.named_stage_references())
+    finally:
+        for path in planted:
+            path.unlink(missing_ok=True)
 
 
 def test_the_scan_tells_a_lazy_converter_import_from_a_module_level_one():
@@ -224,7 +256,7 @@ def test_fresh_cpu_only_environment_embeds_and_has_no_torch(tmp_path, tiny_gte_d
 
 def test_missing_onnxruntime_names_the_install_command(monkeypatch):
     from gte_onnx.errors import MissingDependencyError
-    from gte_onnx.session import import_onnxruntime
+    from gte_onnx.inference.session import import_onnxruntime
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` raise ImportError
     with pytest.raises(MissingDependencyError, match=r"pip install 'gte-onnx\[cpu\]'"):

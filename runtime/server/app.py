@@ -15,9 +15,9 @@ from typing import Union
 
 import numpy as np
 
-from .. import __version__
+from gte_onnx.defaults import VERSION
 from ..errors import InvalidInputError, PrecisionError
-from ..pooling import sigmoid
+from gte_onnx.inference.pooling import sigmoid
 from ..precision import quantize
 from ..reranker import ranked
 from .backend import Backend
@@ -85,7 +85,7 @@ def create_app(backend: Backend, settings: ServerSettings, metrics: Metrics | No
     )
     app = FastAPI(
         title="gte-onnx",
-        version=__version__,
+        version=VERSION,
         description="GTE-ModernBERT embeddings and reranking on ONNX Runtime: OpenAI, TEI and Cohere APIs.",
         lifespan=_lifespan(batcher),
     )
@@ -249,7 +249,7 @@ def add_operations_routes(app, api, engine: Engine, metrics: Metrics) -> None:
             max_input_length=backend.max_length, max_batch_tokens=settings.max_batch_tokens,
             max_batch_size=backend.max_batch_size,
             max_concurrent_requests=settings.max_concurrent_requests,
-            max_client_batch_size=settings.max_client_batch_size, version=__version__,
+            max_client_batch_size=settings.max_client_batch_size, version=VERSION,
             embed_precision=settings.embed_precision,
             embed_ranges=settings.embed_ranges.to_json() if settings.embed_ranges else None,
         )

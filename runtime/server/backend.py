@@ -18,11 +18,11 @@ from typing import Hashable, Protocol, Sequence
 
 import numpy as np
 
-from ..batching import DEFAULT_MAX_BATCH_TOKENS
+from gte_onnx.inference.batching import DEFAULT_MAX_BATCH_TOKENS
 from ..errors import InputTooLongError, InvalidInputError
-from ..loaded import LoadedModel
-from ..pooling import embedding_postprocess
-from ..tokenize import Encoded, check_policy
+from gte_onnx.loaded_model import LoadedModel
+from gte_onnx.inference.pooling import embedding_postprocess
+from gte_onnx.inference.tokenize import Encoded, check_policy
 
 # One tokenized input as the batcher carries it: (input ids, token type ids), int64 each.
 Row = tuple[np.ndarray, np.ndarray]

@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 
-from ..clierrors import verb_main
+from gte_onnx.cli.errors import verb_main
 from ..errors import missing_dependency
 from .backend import DEFAULT_MAX_BATCH_SIZE
 from .settings import (
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="int8/uint8 ranges JSON from `gte-onnx calibrate` (default: those recorded in the folder)")
     parser.add_argument("--graceful-timeout", type=float, default=30.0,
                         help="seconds to finish in-flight requests after SIGTERM/SIGINT")
-    from ..cli import add_model_source_options
+    from gte_onnx.cli.options import add_model_source_options
 
     add_model_source_options(parser)
     parser.add_argument("--log-level", default="info", choices=("critical", "error", "warning", "info", "debug"))
@@ -93,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_app(args: argparse.Namespace):
     """Load the backend and make the app; raises typed errors for a bad folder or option."""
-    from ..cli import load_ranges, model_source_kwargs
+    from gte_onnx.cli.options import load_ranges, model_source_kwargs
     from ..precision import needs_ranges, recorded_ranges
     from .app import create_app
     from .backend import OnnxBackend

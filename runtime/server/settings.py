@@ -6,13 +6,14 @@ from dataclasses import dataclass, field
 
 from ..errors import InvalidInputError, PrecisionError
 from ..precision import CalibrationRanges, check_precision, needs_ranges
-from ..tokenize import TRUNCATE_POLICIES
+from gte_onnx.inference.tokenize import TRUNCATE_POLICIES
 from .token_ids import TokenIdMode
+from gte_onnx import defaults
 
 # TEI's defaults, except the request size: OpenAI clients send what OpenAI accepts (LangChain: up to 1000
 # inputs and 300,000 tokens per request, as token ids of up to 8 bytes each in JSON), and the token-budget
 # queue bounds memory whatever the request size.
-DEFAULT_MAX_BATCH_TOKENS = 16384
+DEFAULT_MAX_BATCH_TOKENS = defaults.MAX_BATCH_TOKENS
 DEFAULT_MAX_CONCURRENT_REQUESTS = 512
 DEFAULT_MAX_CLIENT_BATCH_SIZE = 2048  # OpenAI's own limit of inputs per request
 DEFAULT_PAYLOAD_LIMIT = 4_000_000  # bytes of request body; the tokenizer never sees more

@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from gte_onnx import Embedder
-from gte_onnx.kernel_family import detect_family
+from gte_onnx.inference.kernel_family import detect_family
 
 
 def main(spec_path: str, out_path: str) -> None:

@@ -12,12 +12,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from .corpus_io import CorpusFormat, count_records, read_corpus
-from .corpus_output import (OutputLock, ShardWriter, chunk_table, complete_shards, open_run, output_schema,
+from gte_onnx.corpus.readers import CorpusFormat, count_records, read_corpus
+from gte_onnx.corpus.output import (OutputLock, ShardWriter, chunk_table, complete_shards, open_run, output_schema,
                             shard_rows, write_manifest, write_ranges)
-from .errors import InvalidInputError, PrecisionError
-from .precision import CalibrationRanges, bytes_per_vector, output_dtype, vector_width
-from .progress import Progress, auto_enabled
+from gte_onnx.errors import InvalidInputError, PrecisionError
+from gte_onnx.precision import CalibrationRanges, bytes_per_vector, output_dtype, vector_width
+from gte_onnx.progress import Progress, auto_enabled
+from gte_onnx import defaults
 
 
 @dataclass(frozen=True)
@@ -28,11 +29,11 @@ class ModelOptions:
     variant: str = "auto"
     providers: list[str] | None = None
     threads: int | None = None
-    max_batch_tokens: int = 16384
+    max_batch_tokens: int = defaults.MAX_BATCH_TOKENS
     truncate: str = "end"
 
     def load(self, threads: int | None = None):
-        from .embedder import Embedder
+        from gte_onnx.embedder import Embedder
 
         return Embedder(self.model, self.variant, self.providers, threads or self.threads,
                         self.max_batch_tokens, self.truncate)
@@ -46,7 +47,7 @@ class CorpusJob:
     spec: CorpusFormat = field(default_factory=CorpusFormat)
     normalize: bool | None = None
     shard_size: int = 10_000
-    chunk_size: int = 1024
+    chunk_size: int = defaults.CHUNK_SIZE
     batch_size: int = 32
     workers: int = 1
     show_progress: bool | None = None
@@ -218,7 +219,7 @@ def _run_locked(job: CorpusJob, embedder, identity: dict, start: float, log) -> 
 def threads_per_worker(job: CorpusJob) -> int | None:
     if job.model.threads or job.workers == 1:
         return job.model.threads
-    from .session import physical_cores
+    from gte_onnx.inference.session import physical_cores
 
     return max(1, physical_cores() // job.workers)
 

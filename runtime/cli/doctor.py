@@ -3,7 +3,7 @@
 It reports the installed onnxruntime wheels (more than one breaks CUDA) and their execution providers, the
 CUDA libraries the CUDA provider loads (found in pip's nvidia-* packages or by the system loader, or
 missing), the CPU flags that decide int8/bf16 speed, the default thread count, and for a model folder the
-variant `auto` picks on each provider and why. The CPU's kernel family (gte_onnx.kernel_family) comes from
+variant `auto` picks on each provider and why. The CPU's kernel family (gte_onnx.inference.kernel_family) comes from
 one tiny CPU session; nothing here creates a CUDA context.
 """
 
@@ -19,12 +19,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .cpu import physical_cores, read_cpuinfo, usable_cpus
-from .errors import GteOnnxError
-from .manifest import Manifest
-from . import kernel_family
-from .kernel_family import FAMILIES, folder_records, route_for, verification
-from .session import CPU, CUDA, INSTALL_HINT, _cuda_device_present, _suits, installed_ort_wheels, variant_choice
+from gte_onnx.inference.cpu import physical_cores, read_cpuinfo, usable_cpus
+from gte_onnx.errors import GteOnnxError
+from gte_onnx.folder.manifest import Manifest
+from gte_onnx.inference import kernel_family
+from gte_onnx.inference.kernel_family import FAMILIES, folder_records, route_for, verification
+from gte_onnx.inference.session import CPU, CUDA, INSTALL_HINT, _cuda_device_present, _suits, installed_ort_wheels, variant_choice
 
 # The libraries the CUDA provider cannot start without (cuBLASLt comes with cuBLAS).
 CUDA_LIBRARIES = ("cudart", "cublas", "cublasLt", "cudnn")
@@ -180,11 +180,11 @@ def problems(report: dict[str, Any]) -> list[str]:
 
 
 def collect(folder: Path | None = None) -> dict[str, Any]:
-    from . import __version__
+    from gte_onnx.defaults import VERSION
 
     ort = onnxruntime_report()
     report: dict[str, Any] = {
-        "gte_onnx": __version__,
+        "gte_onnx": VERSION,
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "onnxruntime": ort,

@@ -24,8 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .cache import cache_root
-from .verified import read_json_dict
+from gte_onnx.defaults import cache_root
+from gte_onnx.folder.integrity import read_json_dict
+from gte_onnx.defaults import CPU
 
 # The families, with what tells them apart (shown by `gte-onnx doctor` and docs/cpu-support.md).
 FAMILIES: dict[str, str] = {
@@ -79,7 +80,7 @@ def u8s8_gemm_is_exact() -> bool:
     saturated by `vpmaddubsw` on AVX2 and AVX-512 without VNNI."""
     import numpy as np
 
-    from .session import import_onnxruntime
+    from gte_onnx.inference.ort import import_onnxruntime
 
     ort = import_onnxruntime()
     m, k, n = 4, 64, 16
@@ -87,7 +88,7 @@ def u8s8_gemm_is_exact() -> bool:
     options.intra_op_num_threads = 1
     options.log_severity_level = 3
     session = ort.InferenceSession(_matmul_integer_model(m, k, n), sess_options=options,
-                                   providers=["CPUExecutionProvider"])
+                                   providers=[CPU])
     out = session.run(None, {"a": np.full((m, k), 255, dtype=np.uint8)})[0]
     return bool((out == 255 * 127 * k).all())
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
+from gte_onnx import defaults
 
-DEFAULT_MAX_BATCH_TOKENS = 16384
+DEFAULT_MAX_BATCH_TOKENS = defaults.MAX_BATCH_TOKENS
 
 # What one more batch costs, in padded tokens' worth of compute. On the CPU a session run of the full-size
 # int8 model costs ~10 ms beyond its tokens (the weights streamed once more) at ~0.5 ms a token: 20 tokens.

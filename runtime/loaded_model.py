@@ -10,7 +10,7 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
-from .batching import (
+from gte_onnx.inference.batching import (
     CPU_BATCH_COST_TOKENS,
     DEFAULT_MAX_BATCH_TOKENS,
     GPU_BATCH_COST_TOKENS,
@@ -18,12 +18,12 @@ from .batching import (
     pad_rows,
     plan_batches,
 )
-from .errors import InvalidInputError, ModelFolderError
-from .manifest import Manifest
-from .progress import Progress, auto_enabled
-from .resolve import resolve_model
-from .session import CPU, OnnxModel
-from .tokenize import Encoded, TextTokenizer, check_policy
+from gte_onnx.errors import InvalidInputError, ModelFolderError
+from gte_onnx.folder.manifest import Manifest
+from gte_onnx.progress import Progress, auto_enabled
+from gte_onnx.sources.resolve import resolve_model
+from gte_onnx.inference.session import CPU, OnnxModel
+from gte_onnx.inference.tokenize import Encoded, TextTokenizer, check_policy
 
 
 def _to_stderr(message: str) -> None:
@@ -34,7 +34,7 @@ def _to_stderr(message: str) -> None:
 class LoadedModel:
     """A model loaded for inference. Subclasses set `task`; None (the server) takes the manifest's.
 
-    `model` is a gte-onnx folder, a hub id or a folder in another supported form (see gte_onnx.resolve):
+    `model` is a gte-onnx folder, a hub id or a folder in another supported form (see gte_onnx.sources.resolve):
     `source` ("auto", "convert", "onnx") picks between conversion and a repo's own ONNX files,
     `cache_dir` (default $GTE_ONNX_CACHE or ~/.cache/gte-onnx) holds converted and imported folders,
     `local_files_only` (or HF_HUB_OFFLINE=1) never touches the network.

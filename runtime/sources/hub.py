@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from .errors import ModelFolderError
-from .progress import Progress
+from gte_onnx.errors import ModelFolderError
+from gte_onnx.progress import Progress
 
 COMMIT = re.compile(r"^[0-9a-f]{40}$")
 TRUE = ("1", "true", "yes", "on")

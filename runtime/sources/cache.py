@@ -18,24 +18,13 @@ import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .errors import ModelFolderError
-from .hub import repo_folder_name
-from .manifest import MANIFEST_NAME
+from gte_onnx.errors import ModelFolderError
+from gte_onnx.sources.hub import repo_folder_name
+from gte_onnx.folder.manifest import MANIFEST_NAME
 
-CACHE_ENV = "GTE_ONNX_CACHE"
 TMP_PREFIX = ".tmp-"
 # Seconds to wait for another process building the same folder before giving up.
 LOCK_TIMEOUT = 3600.0
-
-
-def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """`cache_dir`, else $GTE_ONNX_CACHE, else ~/.cache/gte-onnx (under $XDG_CACHE_HOME when set)."""
-    if cache_dir is not None:
-        return Path(cache_dir).expanduser()
-    if os.environ.get(CACHE_ENV):
-        return Path(os.environ[CACHE_ENV]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or "~/.cache"
-    return Path(base).expanduser() / "gte-onnx"
 
 
 def hub_entry(root: Path, repo_id: str, kind: str, commit: str) -> Path:

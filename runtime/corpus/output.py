@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InvalidInputError, ResumeMismatchError, missing_dependency
+from gte_onnx.errors import InvalidInputError, ResumeMismatchError, missing_dependency
 
-MANIFEST_NAME = "_gte-onnx-corpus.json"  # "_": Parquet dataset readers skip it
+RUN_MANIFEST_NAME = "_gte-onnx-corpus.json"  # "_": Parquet dataset readers skip it
 MANIFEST_FORMAT = "gte-onnx-corpus/1"
 RANGES_NAME = "_gte-onnx-ranges.json"
 # Settings added after the first runs were written: a run recorded without them had these values.
@@ -46,7 +46,7 @@ def shard_name(index: int) -> str:
 
 def _arrow_type(precision: str):
     pa = import_pyarrow()
-    from .precision import output_dtype
+    from gte_onnx.precision import output_dtype
 
     return pa.from_numpy_dtype(output_dtype(precision))
 
@@ -55,7 +55,7 @@ def output_schema(dim: int, string_ids: bool, precision: str = "float32"):
     """id, vector (a fixed-size list of the precision's dtype: dim floats or int8/uint8, dim/8 packed bytes for
     binary/ubinary), token_count, truncated."""
     pa = import_pyarrow()
-    from .precision import vector_width
+    from gte_onnx.precision import vector_width
 
     return pa.schema([
         ("id", pa.string() if string_ids else pa.int64()),
@@ -163,7 +163,7 @@ def differing_settings(recorded: dict, wanted: dict, prefix: str = "") -> list[s
 
 def open_run(folder: Path, identity: dict) -> dict:
     """Create the output folder and its manifest, or check that it holds a run with the same identity."""
-    path = folder / MANIFEST_NAME
+    path = folder / RUN_MANIFEST_NAME
     if path.is_file():
         try:
             recorded = json.loads(path.read_text(encoding="utf-8"))
@@ -179,7 +179,7 @@ def open_run(folder: Path, identity: dict) -> dict:
             )
         return recorded
     if folder.exists() and any(_SHARD.match(p.name) for p in folder.iterdir()):
-        raise ResumeMismatchError(f"{folder} holds Parquet shards but no {MANIFEST_NAME}; use a new output folder")
+        raise ResumeMismatchError(f"{folder} holds Parquet shards but no {RUN_MANIFEST_NAME}; use a new output folder")
     folder.mkdir(parents=True, exist_ok=True)
     record = {"format": MANIFEST_FORMAT, "run": identity, "complete": False}
     write_manifest(folder, record)
@@ -192,7 +192,7 @@ def write_ranges(folder: Path, ranges) -> None:
 
 
 def write_manifest(folder: Path, record: dict) -> None:
-    path = folder / MANIFEST_NAME
-    temp = folder / f".{MANIFEST_NAME}.tmp"
+    path = folder / RUN_MANIFEST_NAME
+    temp = folder / f".{RUN_MANIFEST_NAME}.tmp"
     temp.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     os.replace(temp, path)

@@ -14,36 +14,23 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .cpu import physical_cores
-from .errors import (
+from gte_onnx.inference.cpu import physical_cores
+from gte_onnx.errors import (
     InferenceError,
     IntegrityError,
-    MissingDependencyError,
     ModelFolderError,
     ProviderError,
     UnverifiedVariantWarning,
     VariantError,
 )
-from . import kernel_family
-from .kernel_family import NATIVE, Route, folder_records, route_for, verification
-from .manifest import Manifest, Variant, verify_variant
+from gte_onnx.inference import kernel_family
+from gte_onnx.inference.kernel_family import NATIVE, Route, folder_records, route_for, verification
+from gte_onnx.folder.manifest import Manifest, Variant
+from gte_onnx.folder.integrity import verify_variant
+from gte_onnx.defaults import CPU, CUDA
+from gte_onnx.inference.ort import INSTALL_HINT, import_onnxruntime  # noqa: F401 (INSTALL_HINT: part of this module's API)
 
-CPU = "CPUExecutionProvider"
-CUDA = "CUDAExecutionProvider"
 PROVIDER_ALIASES = {"cpu": CPU, "cuda": CUDA, "gpu": CUDA}
-INSTALL_HINT = "pip install 'gte-onnx[cpu]' (CPU) or pip install 'gte-onnx[gpu]' (NVIDIA GPUs; not both)"
-
-
-def import_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise MissingDependencyError(
-            f"gte-onnx needs ONNX Runtime to run models, and it is not installed. Install it with: {INSTALL_HINT}"
-        ) from None
-    return onnxruntime
-
-
 def installed_ort_wheels() -> list[str]:
     """Names of the onnxruntime distributions installed side by side (more than one breaks CUDA)."""
     import importlib.metadata  # ~0.1 s to import: only the CUDA paths need it

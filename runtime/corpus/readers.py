@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
-from .errors import CorpusFormatError, missing_dependency
+from gte_onnx.errors import CorpusFormatError, missing_dependency
 
 FORMATS = ("jsonl", "csv", "tsv", "parquet", "text")
 _BY_SUFFIX = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "jsonl", ".csv": "csv", ".tsv": "tsv",

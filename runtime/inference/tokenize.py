@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .errors import InputTooLongError, InvalidInputError, ModelFolderError
+from gte_onnx.errors import InputTooLongError, InvalidInputError, ModelFolderError
 
 TRUNCATE_POLICIES = ("end", "start", "error")
 

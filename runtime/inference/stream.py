@@ -14,8 +14,8 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
-from .errors import InvalidInputError
-from .tokenize import TruncationWarning
+from gte_onnx.errors import InvalidInputError
+from gte_onnx.inference.tokenize import TruncationWarning
 
 
 @dataclass(frozen=True)

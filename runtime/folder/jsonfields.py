@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .errors import ModelFolderError
+from gte_onnx.errors import ModelFolderError
 
 _MISSING = object()
 INT32_MAX = 2**31 - 1

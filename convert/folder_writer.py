@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from gte_onnx.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, Variant, describe_data_files, describe_file
+from gte_onnx.folder.manifest import FORMAT_VERSION, MANIFEST_NAME, Manifest, Variant
+from gte_onnx.folder.integrity import describe_data_files, describe_file
 
 from .checkpoint_meta import CheckpointError, copy_model_files, special_ids, tokenizer_files
 

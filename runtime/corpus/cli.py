@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .corpus_io import FORMATS, CorpusFormat, detect_format
+from gte_onnx.corpus.readers import FORMATS, CorpusFormat, detect_format
+from gte_onnx import defaults
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--title-field", default=None, help="field/column with a title, joined before the text")
     parser.add_argument("--title-separator", default=" ", help="between title and text (default: one space)")
     parser.add_argument("--shard-size", type=int, default=10_000, help="documents per Parquet file")
-    parser.add_argument("--chunk-size", type=int, default=1024, help="documents tokenized and embedded at a time")
+    parser.add_argument("--chunk-size", type=int, default=defaults.CHUNK_SIZE, help="documents tokenized and embedded at a time")
     norm = parser.add_mutually_exclusive_group()
     norm.add_argument("--normalize", dest="normalize", action="store_true", default=None)
     norm.add_argument("--no-normalize", dest="normalize", action="store_false")
@@ -41,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, default=None, help="Ray actors, each loading the model once "
                         "(default: one per node)")
     parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="Ray CPUs each actor reserves")
-    from .cli import add_precision_options, add_runtime_options
+    from gte_onnx.cli.options import add_precision_options, add_runtime_options
 
     add_precision_options(parser)
     add_runtime_options(parser)
@@ -50,17 +51,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
-    from .cli import _providers, load_ranges
-    from .corpus import CorpusJob, ModelOptions, run_corpus
+    from gte_onnx.cli.options import load_ranges, providers_arg
+    from gte_onnx.corpus.engine import CorpusJob, ModelOptions, run_corpus
 
     spec = CorpusFormat(detect_format(args.input, args.format), args.text_field, args.id_field,
                         args.title_field, args.title_separator)
-    model = ModelOptions(args.model, args.variant, _providers(args.providers), args.threads,
+    model = ModelOptions(args.model, args.variant, providers_arg(args.providers), args.threads,
                          args.max_batch_tokens, args.truncate)
     job = CorpusJob(model, args.input, args.output, spec, args.normalize, args.shard_size, args.chunk_size,
                     args.batch_size, args.workers, args.progress, args.precision, load_ranges(args.ranges))
     if args.engine == "ray":
-        from .ray import run_corpus_on_ray
+        from gte_onnx.corpus.ray import run_corpus_on_ray
 
         run_corpus_on_ray(job, address=args.address, concurrency=args.concurrency, cpus_per_actor=args.cpus_per_actor)
     else:

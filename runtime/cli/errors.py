@@ -25,7 +25,7 @@ import sys
 import traceback
 from typing import Callable, Iterator, Sequence
 
-from .errors import GteOnnxError
+from gte_onnx.errors import GteOnnxError
 
 EXIT_OK, EXIT_VERDICT, EXIT_ERROR, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 0, 1, 2, 3, 130, 141
 DEBUG_ENV = "GTE_ONNX_DEBUG"

@@ -8,16 +8,15 @@ faithful each is) is read from here, never from code.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
-from .errors import IntegrityError, ModelFolderError, VariantError
-from .jsonfields import INT32_MAX, INT64_MAX, Fields, is_int, read_json_object
+from gte_onnx.errors import ModelFolderError, VariantError
+from gte_onnx.folder.jsonfields import INT32_MAX, INT64_MAX, Fields, is_int, read_json_object
 
 MANIFEST_NAME = "gte-onnx.json"
 FORMAT_VERSION = 1
@@ -255,81 +254,3 @@ def _speed_ranking(data: Mapping[str, Any], where: str) -> dict[str, tuple[str, 
     """provider -> variant names, fastest first."""
     fields = Fields(data, where, "speed_ranking")
     return {provider: fields.strings(provider, allow_empty=True) for provider in data}
-
-
-# ---- file integrity ---------------------------------------------------------------------------------
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def describe_file(folder: str | os.PathLike, relative: str) -> dict[str, Any]:
-    """sha256 and size of one file of the folder, as the manifest records them."""
-    path = Path(folder) / relative
-    return {"file": relative, "sha256": sha256_file(path), "bytes": path.stat().st_size}
-
-
-def describe_data_files(folder: str | os.PathLike, names: Sequence[str]) -> dict[str, dict[str, Any]]:
-    """The data_integrity entries of a variant's external data files."""
-    out = {}
-    for name in names:
-        described = describe_file(folder, name)
-        out[name] = {"sha256": described["sha256"], "bytes": described["bytes"]}
-    return out
-
-
-def resolve_inside(folder: str | os.PathLike, relative: str) -> Path:
-    """The path of a file named by the manifest or by ONNX external data, refusing any that escapes.
-
-    The check is on the path as written (no `..`, not absolute), not on where symlinks lead: a hub cache
-    snapshot is a folder of symlinks into the repo's blob store, and its files are still the folder's.
-    """
-    root = Path(folder).resolve()
-    target = Path(os.path.normpath(root / relative))
-    if os.path.isabs(relative) or not target.is_relative_to(root):
-        raise IntegrityError(
-            f"{relative!r} points outside the model folder {root}; refusing to read it"
-        )
-    return target
-
-
-def _check_file(path: Path, variant: Variant, relative: str, size: int, sha256: str) -> None:
-    """Size, then sha256 (from the verified-file cache while the file's stat is unchanged)."""
-    from .verified import file_digest
-
-    try:
-        actual = path.stat().st_size
-        if actual != size:
-            raise IntegrityError(
-                f"variant {variant.name!r}: {relative} has {actual} bytes but the manifest says {size}"
-            )
-        digest = file_digest(path, sha256_file)
-    except OSError as exc:  # present but unreadable: permissions, an I/O error, a file that vanished
-        raise ModelFolderError(
-            f"variant {variant.name!r}: cannot read {path} to check its sha256 ({exc.strerror or exc})"
-        ) from exc
-    if digest != sha256:
-        raise IntegrityError(
-            f"variant {variant.name!r}: sha256 of {relative} is {digest}, the manifest says "
-            f"{sha256}; the file was changed or corrupted"
-        )
-
-
-def verify_variant(folder: str | os.PathLike, variant: Variant) -> Path:
-    """Check the variant's file against the manifest (size, then sha256) and return its path. The digest
-    of a file whose stat has not changed since it was last hashed comes from the verified-file cache."""
-    path = resolve_inside(folder, variant.file)
-    if not path.is_file():
-        raise ModelFolderError(f"variant {variant.name!r}: file {variant.file} is missing from {folder}")
-    _check_file(path, variant, variant.file, variant.bytes, variant.sha256)
-    for data_file in variant.data_files:
-        data_path = resolve_inside(folder, data_file)
-        if not data_path.is_file():
-            raise ModelFolderError(f"variant {variant.name!r}: external data {data_file} is missing")
-        entry = variant.data_integrity.get(data_file)
-        if entry is not None:
-            _check_file(data_path, variant, data_file, entry["bytes"], entry["sha256"])
-    return path

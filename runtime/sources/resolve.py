@@ -21,26 +21,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .cache import build_atomically, cache_root, hub_entry, is_complete, local_entry
-from .errors import InvalidInputError, ModelFolderError, UnsupportedModelError, VariantError
-from .hub import LocalFolder, open_source
-from .manifest import MANIFEST_NAME, Manifest
-from .session import choose_variant, resolve_providers
+from gte_onnx.sources.cache import build_atomically, hub_entry, is_complete, local_entry
+from gte_onnx.defaults import cache_root
+from gte_onnx.errors import InvalidInputError, ModelFolderError, UnsupportedModelError, VariantError
+from gte_onnx.sources.hub import LocalFolder, open_source
+from gte_onnx.folder.forms import (CONFIG, SAFETENSORS, SAFETENSORS_INDEX, TOKENIZER_FILES, metadata_files,
+                                   onnx_variant_files, supported_architecture)
+from gte_onnx.folder.manifest import MANIFEST_NAME, Manifest
+from gte_onnx.inference.session import choose_variant, resolve_providers
 
 SOURCES = ("auto", "convert", "onnx")
+# The module that builds a folder from a checkpoint or ONNX files (convert, quantize, rank).
+PIPELINE = "gte_onnx.pipeline"
 ALL_VARIANTS = "all"
-CONFIG = "config.json"
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
-SENTENCE_TRANSFORMERS_FILES = (
-    "modules.json",
-    "config_sentence_transformers.json",
-    "sentence_bert_config.json",
-    "1_Pooling/config.json",
-)
-# Written beside a checkpoint by `gte-onnx export --save-checkpoint`: where its weights came from.
-SOURCE_NOTE = "gte-onnx-source.json"
-SAFETENSORS = "model.safetensors"
-SAFETENSORS_INDEX = "model.safetensors.index.json"
 # The variants a conversion makes when none is asked for by name: int8 is the CPU default.
 DEFAULT_CONVERTED = ("int8",)
 ALL_CONVERTED = ("fp16", "int8", "q4")
@@ -123,8 +116,6 @@ def _manifest_variants(manifest: Manifest, variant: str | None, providers) -> li
 # ---- what a source holds ----------------------------------------------------------------------------
 def inspect_contents(repo, files: list[str]) -> Contents:
     """Read config.json (and the safetensors index) and sort the files into weights and ONNX graphs."""
-    from gte_onnx.convert.onnx_import import onnx_variant_files
-
     contents = Contents(onnx=onnx_variant_files(files))
     contents.other_weights = [f for f in files if f.endswith((".bin", ".pt", ".pth", ".h5", ".msgpack", ".ckpt"))]
     if CONFIG not in files:
@@ -141,8 +132,6 @@ def inspect_contents(repo, files: list[str]) -> Contents:
                 f"{repo.name}: {SAFETENSORS_INDEX} names shards that are not there: {missing or 'none at all'}"
             )
     if contents.weights:
-        from gte_onnx.convert import supported_architecture
-
         contents.architecture = supported_architecture(contents.config)
     return contents
 
@@ -155,12 +144,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ModelFolderError(f"{path} does not hold a JSON object")
     return data
-
-
-def metadata_files(files: list[str]) -> list[str]:
-    """config.json, the tokenizer and the Sentence-Transformers files that the source has."""
-    wanted = (CONFIG, *TOKENIZER_FILES, *SENTENCE_TRANSFORMERS_FILES, SOURCE_NOTE)
-    return [name for name in wanted if name in files]
 
 
 def _entry(repo, root: Path, kind: str, fingerprinted: list[str]) -> Path:
@@ -207,13 +190,20 @@ def _converted(repo, contents: Contents, variant: str | None, root: Path, log) -
     folder = repo.fetch(needed, repo.name)
 
     def build(tmp: Path) -> None:
-        from gte_onnx.convert import convert_checkpoint
-
+        convert_checkpoint = _pipeline().convert_checkpoint
         log(f"converting {repo.name} ({contents.architecture}) to ONNX without torch; variants fp32, {', '.join(wanted)}")
         tmp.mkdir(parents=True, exist_ok=True)
         convert_checkpoint(folder, tmp, variants=wanted, model_id=_model_id(repo), revision=repo.revision, log=log)
 
     return build_atomically(target, build, replace=rebuild)
+
+
+def _pipeline():
+    """The build stages, reached by name as the CLI reaches its verbs: the runtime sits below the stages
+    that convert and quantize (docs/architecture.md), and only a first load that must build needs them."""
+    import importlib
+
+    return importlib.import_module(PIPELINE)
 
 
 def _model_id(repo) -> str:
@@ -222,8 +212,10 @@ def _model_id(repo) -> str:
 
 # ---- 3. ONNX files, imported ------------------------------------------------------------------------------
 def _imported(repo, contents: Contents, variant: str | None, providers, root: Path, log) -> Path:
-    from gte_onnx.convert.onnx_import import import_onnx, variants_to_import
+    from gte_onnx.folder.forms import variants_to_import
 
+    pipeline = _pipeline()
+    fetch_onnx_files, import_onnx = pipeline.fetch_onnx_files, pipeline.import_onnx
     provider = resolve_providers(providers)[0] if variant == "auto" else None
     wanted = variants_to_import(contents.onnx, variant, provider, repo.name)
     meta = metadata_files(repo.files)
@@ -243,20 +235,6 @@ def _imported(repo, contents: Contents, variant: str | None, providers, root: Pa
         import_onnx(folder, tmp, variants=wanted, model_id=_model_id(repo), revision=repo.revision, log=log)
 
     return build_atomically(target, build, replace=rebuild)
-
-
-def fetch_onnx_files(repo, meta: list[str], graphs: list[str]) -> Path:
-    """The metadata files and the graphs, then the external data files each graph names."""
-    from gte_onnx.convert.onnx_import import external_data_files
-
-    folder = repo.fetch(meta + graphs, repo.name)
-    data = []
-    for graph in graphs:
-        parent = Path(graph).parent
-        data += [(parent / name).as_posix() for name in external_data_files(folder / graph)]
-    if data:
-        repo.fetch(data, "external data")
-    return folder
 
 
 # ---- 4. nothing we can use --------------------------------------------------------------------------------

@@ -23,9 +23,7 @@ chosen here:
   no max_positions-sized table is stored; GeGLU as Gelu(up) * gate; LayerNormalization. ORT's
   extended-level optimisations run once at export and the result is saved (graph_optimize).
 - q, k and v are one GEMM over the concatenated weights, and so are the two GeGLU halves, split after
-  (Parts keeps them apart). Measured on the int8 gte (2 threads): 1.08x / 0.96x / 1.04x / 0.96x the
-  latency of separate GEMMs at 1x16 / 1x128 / 32x128 / 8x512, i.e. even: the wider GEMMs gain what the
-  Split's copies cost (5.7% of the time at 32x128), and each layer has four GEMM nodes instead of seven.
+  (Parts keeps them apart): four GEMM nodes per layer instead of seven, at even speed (docs/export.md).
 
 Masked scores use a large finite negative, never -inf: a padding query can see only padding keys, and -inf
 would turn its row into NaN.

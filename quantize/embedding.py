@@ -2,22 +2,17 @@
 
 gte's 50368x768 table is 155 MB in fp32, more than either size target leaves for it. Two schemes:
 - 4 bits (the default of int8 and q4): asymmetric blocks of 32 along each row, float32 scales, 4-bit zero
-  points, read by com.microsoft GatherBlockQuantized (CPU EP), 24.8 MB for gte. Measured on the real
-  MiniLM (STS-B / CISI nDCG@10 drops, points): the 4-bit table alone -0.03 / -0.50 (noise level); with the
-  int8 layers 0.07 / -0.07 (blocks of 64: 0.20 / -0.03); with the q4 layers -0.18 / -0.05 (blocks of 64:
-  0.20 / 1.22).
+  points, read by com.microsoft GatherBlockQuantized (CPU EP), 24.8 MB for gte.
 - 8 bits: int8 rows with one float32 scale per row, standard ops (Gather, Cast, Mul), so it runs on every
   execution provider; 38.9 MB for gte. Every element within max|row|/254 of the original.
 A DequantizeLinear in front of a Gather would rebuild the whole fp32 table on every run; both schemes
 dequantize only the gathered rows.
 
 The rows of the special tokens the tokenizer puts in every input ([CLS], [SEP], padding) are kept exact:
-their rounding error would be the same in every input, a constant offset shared by all embeddings. On a
-random-weight model, where the output is mostly the [CLS] row itself, that offset alone dropped centred
-cosine to 0.43 (tiny gte, 8 bits); with the rows exact, 1.0000. (An earlier 4-bit trial without exact rows
-gave 0.2-0.3.) The exact rows cost S rows of float residual and no vocabulary-sized table:
+their rounding error would be the same in every input, a constant offset shared by all embeddings, which
+dominates on a random-weight model. The exact rows cost S rows of float residual and no vocabulary-sized table:
     out = dequantized rows + Cast(Equal(ids[..., None], kept_ids)) @ residual
-where residual holds (exact - dequantized) for the S kept rows.
+where residual holds (exact - dequantized) for the S kept rows. Measured drops: docs/quantization.md.
 """
 
 from __future__ import annotations

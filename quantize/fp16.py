@@ -1,7 +1,7 @@
 """fp16 for GPUs: weights and activations in float16, float32 at the graph's inputs and outputs.
 
 - onnxruntime.transformers.float16 does the conversion (onnxconverter-common's keep_io_types gave an
-  unloadable model in a trial here).
+  unloadable model: docs/quantization.md).
 - LayerNorm ops stay in float32 (the converter wraps them in Casts): their mean/variance reductions over
   768 values are where fp16 loses most, and the residual stream they read can exceed fp16's range.
 - Rotary angles stay in float32: the exporter computes cos/sin of position * inv_freq in the graph, and

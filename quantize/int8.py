@@ -1,45 +1,12 @@
 """int8 for x86 CPUs: linear layers as u8 x s8 integer GEMMs, the embedding table in 4-bit blocks.
 
-Default recipe, chosen by measurement (real MiniLM for fidelity, full-size gte for speed; README):
-- every linear layer: per-channel int8 weights, activations quantized per token (one scale per token, plain
-  ops in front of MatMulIntegerToFloat: per_token.py); the GEMMs that read one tensor share its
-  quantization, and the writer's fused q/k/v and GeGLU GEMMs become one GEMM per part (no Split copy).
-  Why per token everywhere: a vector must not depend on the other texts of its batch (the server's answers
-  equal `encode`'s, and a text alone equals it inside a padded batch). Per-tensor activation scales, the
-  recipe before, are computed over the whole padded batch: a text's vector moved by up to 4e-5 (tiny model)
-  and 2.5e-4 (full-size gte) with its batch-mates. The MLP down-projections were per token already: their
-  inputs carry outlier tokens (max 6x the median token's in MiniLM), which per-tensor scales cannot absorb.
-  Cost and gain, measured: full-size gte, 2 threads, dev/speed.py interleaved medians on a shared machine,
-  per token everywhere vs per tensor for the attention and MLP-up GEMMs: 1.11-1.13x the latency at 1x16
-  (about 100 more small ops), 1.02-1.05x at 1x128, 0.99-1.09x at 32x128, 0.98-1.03x at 8x512 (noise ~10%).
-  MiniLM (op-by-op BERT graph, `gte-onnx quantize D --variants int8 --eval full` against `--per-token-roles
-  contract`): probe centred cosine mean 0.9945 -> 0.9960, cosine p1 0.9850 -> 0.9877; STS-B drop 0.18 -> 0.25,
-  CISI nDCG@10 drop -0.36 -> -0.07 (the STS-B figure moves by ~0.15 with any change of rounding).
-Earlier trials on MiniLM (STS-B / CISI nDCG@10 drops, points): all per tensor 0.32 / 0.55 (fails the gate),
-MLP down per token and block in MatMulNBits (8-bit, accuracy level 4) 0.20 / -0.36, MLP up and down that
-way 0.09 / 0.12 but 16% slower on gte at 32x128.
-Per-token kernel, MLP down only (`gte-onnx quantize DIR --variants int8 --per-token-roles contract
---per-token-kernel K`): MatMulNBits 0.07 / -0.07, per-token scales + MatMulIntegerToFloat 0.17 / -0.37; both
-pass. Speed (full-size gte, 2 threads, dev/speed.py interleaved medians, shared machine; q, k, v and Wi fused
-in both): the integer kernel is 0.90x / 0.94x / 0.93x / 1.00x the MatMulNBits one's latency at 1x16 / 1x128
-/ 32x128 / 8x512, and the 1152 -> 768 projection alone 1.2-1.5x faster at 4096 tokens
-(dev/contract_gemm.py). S8 activations (no zero point) would save the zero-point ops but MLAS runs s8 x s8
-15x slower than u8 x s8 here (4096 x 768 x 2304: 341-356 ms vs 24-26 ms), so activations stay uint8 around 128.
-OpenVINO NNCF int8 (static activations) in the MLP-down-only run: 0.80x / 0.73x / 0.68x / 0.77x our latency;
-the int8 GEMM floor at 32x128 (dev/gemm_floor.py) was 1.38 s. ORT profile of the per-token-everywhere graph at
-32x128 (dev/profile_ops.py): MatMulIntegerToFloat 1,556 ms (1.13x that floor), MultiHeadAttention 17%, Mul
-(rescales, GeGLU) 9%, the per-token quantization ops ~8% before they were rewritten as ReduceMax/ReduceMin
-+ blocked QuantizeLinear.
-The file is saved as ORT's CPU EP optimises it and loads with optimisations off (graph.save_variant):
-session start 0.28 -> 0.20 s on the full-size gte (in-process medians, shared machine), same output to the bit.
-Static activation scales were not tried again: DynamicQuantizeLinear took 1.1% of the per-tensor graph's
-time, and static QDQ lost 1.6 STS-B points.
-Per-tensor weights, SmoothQuant (alpha 0.5: worse) and static QDQ (STS-B drop 1.6, no faster) lost.
-Embedding table (embedding.py): with the 8-bit table the gte file cannot reach the 150 MB target (matmul
-weights 110.3 MB + table 38.7 MB + scales, zero points, LayerNorms and graph ~1.9 MB = ~151 MB without the
-rope tables), so the table is 4-bit: ~137 MB. MiniLM drops with it 0.07 / -0.07 (8-bit table: 0.20 /
--0.36; the same recipe with float16 row scales gave 0.35 / -0.38, so the STS-B figure moves by ~0.15 with
-any perturbation of the rounding).
+Every linear layer gets per-channel int8 weights and activations quantized per token (plain ops in front of
+MatMulIntegerToFloat: per_token.py), so a vector never depends on the other texts of its batch and outlier
+tokens do not coarsen the rest. GEMMs that read one tensor share its quantization, and the writer's fused
+q/k/v and GeGLU GEMMs become one GEMM per part (no Split copy). Activations stay uint8 around 128: MLAS's
+s8 x s8 kernel is far slower than its u8 x s8 one. The 4-bit embedding table (embedding.py) keeps the gte file
+under 150 MB. The file is saved as ORT's CPU EP optimises it and loads with optimisations off
+(graph.save_variant). The measurements and trials behind each choice: docs/quantization.md.
 """
 
 from __future__ import annotations

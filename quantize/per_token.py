@@ -9,10 +9,9 @@ with W_q int8 symmetric per output channel (w_scale = max |W[:, n]| / 127) or pe
 once per tensor, whatever the number of GEMMs reading it.
 
 Why: a token's scale depends on that token alone, so no vector depends on the other texts of its batch;
-and outlier tokens ([CLS]/[SEP] rows reach 6x the median row's peak in MiniLM's MLP down-projection input)
-do not coarsen the others, as a per-tensor scale would. MatMulNBits at accuracy level 4 also quantizes per
-token (and per block of K), but its kernel ran the 1152 -> 768 projection at 4096 tokens 1.2-1.5x slower
-than this, and at 128 tokens 1.4-2x slower (dev/contract_gemm.py, 2 threads, shared machine).
+and outlier tokens (the [CLS]/[SEP] rows of the MLP down-projection input) do not coarsen the others, as a
+per-tensor scale would. MatMulNBits at accuracy level 4 also quantizes per token (and per block of K), but
+its kernel is slower at the model's shapes (docs/quantization.md).
 """
 
 from __future__ import annotations

@@ -9,35 +9,9 @@ along each row, special-token rows exact; embedding.py).
 
 Default: attention projections and MLP up-projections 4-bit asymmetric in blocks of 64; MLP
 down-projections ("contract" role, fed by the activation function) 8-bit symmetric in blocks of 128;
-GPTQ + AWQ; 4-bit table. gte-modernbert-base: ~97 MB without the rope tables. The float32 scales are
-what limits the block size: blocks of 32 cost 13.8 MB of scales on gte, 64 half that.
-
-Trials on the real MiniLM: STS-B Spearman / CISI nDCG@10 drops vs fp32 in points (fp32 82.03 / 42.38);
-p1 = 1st-percentile probe cosine (gate >= 0.95), where measured:
-  round to nearest (ORT's quantizer), 8-bit table:
-    blocks of 32, all 4-bit                                 - / 1.8   (fails)
-    blocks of 32, MLP down 8-bit                            0.13 / 1.10 (fails)
-    blocks of 16, MLP down 8-bit                            0.20 / 0.94, p1 0.972 (the old default, 139 MB gte)
-    blocks of 32, whole MLP 8-bit                           0.11 / 0.28 (143 MB gte)
-    blocks of 32, all 4-bit, 4-bit table                    p1 0.927 (fails)
-  GPTQ (damp 0.01) + AWQ unless said, all layers 4-bit:
-    blocks of 32, no AWQ, 8-bit table                       0.18 / 0.51, p1 0.934 (fails)
-    blocks of 32, 8-bit table                              -0.03 / 0.20, p1 0.946 (fails; ~110 MB gte)
-    blocks of 32, 4-bit table                              -0.18 / -0.05, p1 0.943 (fails; 96 MB gte)
-      + damp 0.1: p1 0.948; + act order (static groups): p1 0.935; + accuracy level 0: p1 0.943;
-      MLP down in blocks of 16: p1 0.943; MLP down 8-bit in layer 1: p1 0.946, layers 1-2: 0.951;
-      MLP down 8-bit everywhere: p1 0.962 (but ~105 MB gte)
-    blocks of 32, 4-bit table in blocks of 64               0.20 / 1.22 (fails)
-    blocks of 64, 4-bit table                               0.20 / 0.69
-    blocks of 128, 4-bit table                             -0.12 / 1.40 (fails)
-  blocks of 64, MLP down 8-bit in blocks of 128, 4-bit table 0.10 / 0.30, p1 0.955 (the default;
-      101.3 MB for the synthetic gte with its rope tables, 97.1 MB without)
-      + damp 0.1: p1 0.948; + act order: p1 0.947 (both fail: p1 moves by ~0.007 with any perturbation)
-  4-bit table alone (fp32 layers): -0.03 / -0.50, p1 0.998.
-The probes that fall furthest are short odd inputs ('???!!!...', digit runs, non-Latin scripts): 4-bit MLP
-down-projections round the activation outliers such text produces; GPTQ, fitted to English calibration
-text, does not help there. GPTQ brings each 4-bit layer's output error on calibration text to ~0.37 of
-round-to-nearest's.
+GPTQ + AWQ; 4-bit table. The float32 scales are what limits the block size, and the MLP down-projections
+stay 8-bit because 4 bits round away the activation outliers that short odd inputs produce. The trials
+behind this default: docs/quantization.md.
 """
 
 from __future__ import annotations

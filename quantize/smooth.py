@@ -3,8 +3,8 @@
 A linear layer y = x W is unchanged when x is divided by a per-channel vector s and W's rows are
 multiplied by it: y = (x / s) (diag(s) W). Transformers have a few input channels with much larger
 magnitudes than the rest; with one activation scale per tensor those channels squeeze every other channel
-into a handful of int8 levels. Measured on the real MiniLM: weight-only int8 loses 0.0003 of centred
-cosine, int8 activations 0.0078, so the activations are the problem.
+into a handful of int8 levels, so the activations, not the weights, are where int8 loses
+(docs/quantization.md).
 
 - int8 (SmoothQuant, Xiao et al. 2023): s_j = max|x_j|^alpha / max|W_j|^(1-alpha), alpha 0.5.
 - q4 (activation-aware, after AWQ, Lin et al. 2024): s_j = mean|x_j|^alpha, alpha picked per layer group

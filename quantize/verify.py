@@ -1,6 +1,6 @@
 """`gte-onnx verify FOLDER`: measure the quantized variants' fidelity gates on this CPU's kernel family.
 
-int8 and q4 compute other numbers on other CPU families (gte_onnx.inference.kernel_family), so `variant="auto"` only
+int8 and q4 compute other numbers on other CPU kernel families (docs/cpu-support.md), so `variant="auto"` only
 picks one whose gate was measured on this family, or on one of the same arithmetic. This measures it once,
 exactly as `gte-onnx quantize` did where the variant was built (probe set against this folder's fp32 on this
 CPU, plus STS-B / CISI for real weights with --eval full), and keeps the verdict in the cache directory, or

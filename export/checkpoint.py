@@ -21,6 +21,7 @@ from gte_onnx.convert.checkpoint_meta import (  # noqa: F401  (re-exported: expo
     read_pooling,
 )
 from gte_onnx.errors import missing_dependency
+from gte_onnx.folder.forms import SOURCE_NOTE
 
 SHIPPED_MODEL_FILES = Path(__file__).parent / "model_files"
 
@@ -147,16 +148,29 @@ def load_checkpoint(
             dtype=torch.float32,
         )
     hf_model = hf_model.float().eval()
+    # Weights saved by `export --random-weights --save-checkpoint` are still the seeded random ones: the
+    # folder's note carries that provenance to whatever is made from them.
+    note = {} if random_weights else saved_provenance(folder)
     return Checkpoint(
         model=hf_model,
         folder=folder,
         model_id=model_id,
         revision=revision,
         task=task,
-        random_weights=random_weights,
-        seed=seed if random_weights else None,
-        config_overrides=dict(config_overrides or {}),
+        random_weights=random_weights or bool(note.get("random_weights")),
+        seed=seed if random_weights else note.get("seed"),
+        config_overrides=dict(config_overrides or note.get("config_overrides") or {}),
     )
+
+
+def saved_provenance(folder: Path) -> dict[str, Any]:
+    """The note `save_checkpoint` writes beside the weights ({} when there is none or it is unreadable)."""
+    path = Path(folder) / SOURCE_NOTE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def save_checkpoint(checkpoint: Checkpoint, out_dir: str | Path) -> Path:
@@ -165,7 +179,7 @@ def save_checkpoint(checkpoint: Checkpoint, out_dir: str | Path) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     checkpoint.model.save_pretrained(out, safe_serialization=True)
     copy_model_files(checkpoint.folder, out)
-    (out / "gte-onnx-source.json").write_text(
+    (out / SOURCE_NOTE).write_text(
         json.dumps(
             {
                 "model_id": checkpoint.model_id,

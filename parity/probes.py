@@ -8,6 +8,7 @@ model's own tokenizer, so "window edge 128" really is 128 tokens, special tokens
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,12 +21,11 @@ WINDOW_EDGES = (63, 64, 65, 127, 128, 129, 255, 256, 257)
 LONG_LENGTHS = (511, 512, 513, 1024, 2048, 4096, 8192)
 DEFAULT_LONG_TEXT = 1000  # one moderately long text is always in
 
-CARD_TEXTS = (
-    "what is the capital of China?",
-    "how to implement quick sort in python?",
-    "Beijing",
-    "sorting algorithms",
-)
+# The model card's example (parity/data/model_card/): its texts are probes, its scores the acceptance test.
+_CARD = json.loads((Path(__file__).resolve().parent / "data" / "model_card" / "gte-modernbert-base.json")
+                   .read_text(encoding="utf-8"))
+CARD_TEXTS: tuple[str, ...] = tuple(_CARD["texts"])
+CARD_SCORES: tuple[float, ...] = tuple(float(x) for x in _CARD["scores"])
 
 SHORT_TEXTS = (
     ("short", "Hello"),

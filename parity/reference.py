@@ -180,13 +180,9 @@ def _versions() -> dict[str, str]:
 
 def _source_info(folder: Path) -> dict[str, Any]:
     """Provenance a saved gte-onnx checkpoint (export --save-checkpoint) carries about itself."""
-    path = folder / "gte-onnx-source.json"
-    if path.is_file():
-        try:
-            return json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            return {}
-    return {}
+    from gte_onnx.export.checkpoint import saved_provenance
+
+    return saved_provenance(folder)
 
 
 def compute_reference(
@@ -232,13 +228,16 @@ def compute_reference(
     items: list = probes.pairs if task == "rerank" else probes.texts
     log(f"running {info['backend']} over {len(items)} probe inputs")
     token_ids, outputs = runner(items)
+    # A checkpoint saved by `export --random-weights --save-checkpoint` holds seeded random weights: its
+    # note says so, and the reference made from it says the same as the folder exported with it.
+    note = {} if random_weights else _source_info(folder)
     provenance = {
         "model": str(model),
         "model_id": info.get("model_id", str(model)),
         "revision": info.get("revision"),
-        "random_weights": bool(random_weights),
-        "seed": seed if random_weights else None,
-        "config_overrides": dict(config_overrides or {}),
+        "random_weights": bool(random_weights or note.get("random_weights")),
+        "seed": seed if random_weights else note.get("seed"),
+        "config_overrides": dict(config_overrides or note.get("config_overrides") or {}),
         "task": task,
         "backend": info["backend"],
         "architecture": info["architecture"],

@@ -60,7 +60,9 @@ def _open_runtime(folder: Path, task: str, variant: str, threads: int | None, pr
     from gte_onnx.reranker import Reranker
 
     cls = Reranker if task == "rerank" else Embedder
-    return cls(folder, variant=variant, threads=threads, providers=providers)
+    with warnings.catch_warnings():  # "fp16 is slow on the CPU": measuring it is the point here
+        warnings.filterwarnings("ignore", message=".*fp16 is slow", category=RuntimeWarning)
+        return cls(folder, variant=variant, threads=threads, providers=providers)
 
 
 def probe_outputs(model, task: str, texts, pairs) -> tuple[np.ndarray, list[np.ndarray]]:

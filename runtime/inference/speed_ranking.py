@@ -129,7 +129,7 @@ def rank_variants(
         if unknown:
             raise InvalidInputError(f"no variant(s) {unknown} in {folder}; it has {sorted(manifest.variants)}")
     with warnings.catch_warnings():  # "fp16 is slow on the CPU": measuring that is the point here
-        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.filterwarnings("ignore", message=".*fp16 is slow", category=RuntimeWarning)
         models = {n: OnnxModel(folder, manifest, variant=n, providers=[provider], threads=threads, verify=False)
                   for n in names}
     rng = np.random.default_rng(0)

@@ -22,7 +22,8 @@ from .contenders import Contender, plan_contenders, twin_report
 from .corpus import load_corpus
 from .machine import describe_machine
 from .measure import CellOutcome, RepeatPolicy, RoundOrder, interleave, speed_ratio, summarize
-from .phases import build_peers, measure_fidelity, probe_ids
+from .fidelity import measure_fidelity, probe_ids
+from .peer_build import build_peers
 from .pool import WorkerError, WorkerProcess
 from gte_onnx.inference.speed_ranking import rank_rows
 from .shapes import DEFAULT_SHAPES, SHORT_SKIPS, Shape, TokenSource, parse_shapes, tokenizer_path

@@ -414,7 +414,7 @@ def test_bench_package_imports_without_torch_onnxruntime_or_matplotlib():
         "import sys\n"
         "import gte_onnx.bench, gte_onnx.bench.cli, gte_onnx.bench.runner, gte_onnx.bench.report, "
         "gte_onnx.bench.worker, gte_onnx.bench.torch_baseline, gte_onnx.inference.speed_ranking, gte_onnx.bench.machine, "
-        "gte_onnx.bench.peers, gte_onnx.bench.peer_backends, gte_onnx.bench.phases, "
+        "gte_onnx.bench.peers, gte_onnx.bench.peer_backends, gte_onnx.bench.fidelity, gte_onnx.bench.peer_build, "
         "gte_onnx.bench.hub_peer, gte_onnx.bench.llamacpp_peer\n"
         "print(sorted(m for m in ('torch', 'transformers', 'onnxruntime', 'matplotlib', 'openvino', 'nncf', 'llama_cpp', "
         "'onnx', 'onnxslim') if m in sys.modules))\n"

@@ -11,7 +11,7 @@ import pytest
 from gte_onnx.bench.cli import main
 from gte_onnx.bench.hub_peer import HUB_MODES, topological_sort
 from gte_onnx.bench.peers import PEER_ENGINE, parse_peers
-from gte_onnx.bench.phases import PADDED_BATCH, PADDED_MAX_LENGTH, padded_batches, padded_figures
+from gte_onnx.bench.fidelity import PADDED_BATCH, PADDED_MAX_LENGTH, padded_batches, padded_figures
 from gte_onnx.bench.report import padded_mark, pareto_front, quality_drops
 
 

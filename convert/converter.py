@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from gte_onnx.defaults import CPU
 from gte_onnx.errors import UnsupportedModelError
 from gte_onnx.folder.forms import ARCHITECTURES, SOURCE_NOTE, supported_architecture
 
@@ -99,7 +100,7 @@ def _session(path: Path):
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), options, providers=[CPU])
 
 
 def _provenance(source: Path, model_id: str | None, revision: str | None, config: dict, architecture: str) -> dict:

@@ -177,7 +177,15 @@ def save_checkpoint(checkpoint: Checkpoint, out_dir: str | Path) -> Path:
     """Write the PyTorch checkpoint (safetensors) with its tokenizer and Sentence-Transformers files."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    checkpoint.model.save_pretrained(out, safe_serialization=True)
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a bar for writing one shard tells the user nothing
+    try:
+        checkpoint.model.save_pretrained(out, safe_serialization=True)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
     copy_model_files(checkpoint.folder, out)
     (out / SOURCE_NOTE).write_text(
         json.dumps(

@@ -1,19 +1,21 @@
 """Does ONNX Runtime run its u8 x s8 integer GEMM on AMX here? The achieved int8 rate against the CPU's ceilings.
 
     python dev/int8_gemm_ceiling.py [--m 4096 --k 768 --n 3072] [--threads 1,2] [--repeat 10] [--kernels]
+                                    [--compare] [--onnx MODEL.onnx --shape 32x128]
 
 Times one large uint8 x int8 product through onnxruntime's CPU provider, as our int8 variant runs its
 matrix products: `MatMulInteger` (int32 out) and `com.microsoft.MatMulIntegerToFloat` (the op of
 model_int8.onnx: u8 activations with a zero point, s8 per-channel weights as an initializer, fp32 out),
 4096x768 by 768x3072 by default (a BERT-base FFN up-projection over 32x128 tokens), at each --threads.
 It prints the achieved int8 rate (MAC/s; TOPS = 2 ops per MAC) and its fraction of two per-core ceilings
-at the clock /proc/cpuinfo reports (no turbo is assumed):
+at the clock /proc/cpuinfo reports:
   VNNI  AVX-512 VNNI, 2 x 512-bit vpdpbusd per cycle at most = 128 u8 x s8 MACs/cycle/core
         (each vpdpbusd: 16 lanes x 4 MACs = 64), i.e. the best any AVX-512 kernel can do;
   AMX   one TMUL per core, tdpbusd 16x16x64 = 16384 MACs per 16 cycles = 1024 MACs/cycle/core.
-A rate above the VNNI ceiling can only come from AMX. On Linux it also reports whether the process
-asked the kernel for AMX tile-data state (arch_prctl ARCH_GET_XCOMP_PERM, XFEATURE_XTILEDATA = bit 18)
-before and after onnxruntime's first session: MLAS (onnxruntime/core/mlas/lib/platform.cpp) switches
+A rate above what the vpdpbusd microkernel reaches (--kernels) can only come from AMX. On Linux it
+also reports whether the process holds AMX tile-data permission (arch_prctl ARCH_GET_XCOMP_PERM,
+XFEATURE_XTILEDATA = bit 18) before and after importing onnxruntime (MLAS picks its kernels when the
+library loads): MLAS (onnxruntime/core/mlas/lib/platform.cpp) switches
 GemmU8S8Dispatch to MlasGemmU8S8DispatchAmx only when CPUID has AMX-TILE and AMX-INT8, XCR0 enables
 XTILECFG|XTILEDATA, and MlasInitAMX()'s ARCH_REQ_XCOMP_PERM succeeds, so that bit turning on is MLAS
 taking the AMX path (nothing else in this process requests it).

@@ -1,7 +1,8 @@
 """Data-set fidelity of our variants and of every bench peer (every quantized form), measured the same way.
 
     python dev/peer_data_fidelity.py MINILM_CHECKPOINT ONNX_DIR [--peers LIST] [--peers-cache DIR]
-                                     [--threads N] [--batch-size N] [--no-torch-data] [--json OUT]
+                                     [--threads N] [--batch-size N] [--no-torch-data] [--ours LIST]
+                                     [--json OUT]
 
 MINILM_CHECKPOINT is the sentence-transformers folder the ONNX_DIR was exported from (ONNX_DIR holds
 model.onnx and model_int8.onnx, and model_q4.onnx when quantized so: `gte-onnx export CKPT DIR &&
@@ -11,7 +12,9 @@ Rows:
   pytorch          sentence-transformers on the checkpoint (the probe reference; its data scores unless
                    --no-torch-data)
   ours-fp32/-int8/-q4  the folder's variants through gte_onnx.Embedder.encode: exactly what
-                   `gte-onnx quantize --eval full` scores
+                   `gte-onnx quantize --eval full` scores (--ours fp32 scores only fp32, the reference of
+                   every drop, e.g. to add a few peer rows: `--no-torch-data --ours fp32 --peers
+                   llamacpp-q8_0,llamacpp-q4_k_m`)
   --peers (bench's names and families, default optimum-int8,openvino,hub,llamacpp):
   optimum-int8     the plain ONNX export's dynamic int8 (sentence-transformers' ONNX backend recipe)
   openvino         bench's OpenVINO peer (openvino.convert_model, the CPU plugin's default inference
@@ -180,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="threads for every engine (default 2)")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--no-torch-data", action="store_true", help="skip PyTorch's STS-B / CISI scores")
+    parser.add_argument("--ours", default=",".join(OURS),
+                        help="our variants to score (default fp32,int8,q4; fp32 is always scored: the drops' reference)")
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args(argv)
 
@@ -222,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
     from gte_onnx.folder.manifest import Manifest
 
     present = Manifest.load(folder).variants
-    for variant in [v for v in OURS if v in present]:
+    wanted = {"fp32", *(v.strip() for v in args.ours.split(","))}
+    for variant in [v for v in OURS if v in present and v in wanted]:
         model = gte_onnx.Embedder(folder, variant=variant, providers=["CPUExecutionProvider"], threads=args.threads)
         engines[f"ours-{variant}"] = f"onnxruntime {model.manifest.variants[variant].file}"
 

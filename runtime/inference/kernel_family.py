@@ -41,7 +41,7 @@ FAMILIES: dict[str, str] = {
 FLOAT_KINDS = ("fp32", "fp16", "bf16")
 
 # Families that compute a kind's outputs identically, through the route route_for() takes (measured under
-# emulation by tests/emulation/test_cpu_families.py; figures in docs/cpu-support.md). A verification on
+# emulation by tests/quantize/test_cpu_families.py; figures in docs/cpu-support.md). A verification on
 # one family of a group holds for the others.
 SAME_ARITHMETIC: dict[str, tuple[frozenset[str], ...]] = {
     "int8": (frozenset({"x86-vnni", "x86-avx2"}), frozenset({"arm64", "arm64-dot"})),

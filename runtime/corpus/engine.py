@@ -1,5 +1,5 @@
 """Embed a corpus file into a folder of Parquet shards on one machine: streaming, resumable, optionally with
-several worker processes. See corpus_io (what is read) and corpus_output (what is written)."""
+several worker processes. See readers.py (what is read) and output.py (what is written)."""
 
 from __future__ import annotations
 

@@ -145,7 +145,8 @@ class TorchBackend:
     def run_corpus(self, texts: Sequence[str], batch_size: int) -> dict[str, Any]:
         """Embed texts the way Embedder.encode does (same tokenizer, same token-budget batches, same
         pooling), with PyTorch doing the forward passes: only the engine differs from the ONNX row."""
-        from gte_onnx.inference.batching import DEFAULT_MAX_BATCH_TOKENS, pad_batch, plan_batches
+        from gte_onnx.defaults import MAX_BATCH_TOKENS
+        from gte_onnx.inference.batching import pad_batch, plan_batches
         from gte_onnx.inference.pooling import l2_normalize, pool
         from gte_onnx.inference.tokenize import TextTokenizer
 
@@ -160,7 +161,7 @@ class TorchBackend:
         start = time.perf_counter()
         encoded = tokenizer.encode(list(texts), "end")
         out = np.zeros((len(encoded.ids), manifest.dim), dtype=np.float32)
-        for rows in plan_batches(encoded.lengths, batch_size, DEFAULT_MAX_BATCH_TOKENS):
+        for rows in plan_batches(encoded.lengths, batch_size, MAX_BATCH_TOKENS):
             ids, mask = pad_batch([encoded.ids[i] for i in rows], tokenizer.pad_token_id)
             hidden = self._forward({"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)})
             vectors = pool(manifest.pooling, hidden.float().numpy(), mask)

@@ -13,7 +13,8 @@ import argparse
 
 import numpy as np
 
-from gte_onnx.inference.batching import CPU_BATCH_COST_TOKENS, DEFAULT_MAX_BATCH_TOKENS, GPU_BATCH_COST_TOKENS, plan_batches
+from gte_onnx.defaults import MAX_BATCH_TOKENS
+from gte_onnx.inference.batching import CPU_BATCH_COST_TOKENS, GPU_BATCH_COST_TOKENS, plan_batches
 
 
 def fill(lengths, batch_size, budget):
@@ -40,9 +41,9 @@ def main() -> None:
     tokenizer = TextTokenizer.from_folder(args.model, manifest.max_length, manifest.tokenizer.get("pad_token_id"))
     lengths = np.asarray(tokenizer.encode(list(load_cisi().documents.values())).lengths)
     plans = {
-        "cpu": lambda l: plan_batches(l, args.batch_size, DEFAULT_MAX_BATCH_TOKENS, CPU_BATCH_COST_TOKENS),
-        "gpu": lambda l: plan_batches(l, args.batch_size, DEFAULT_MAX_BATCH_TOKENS, GPU_BATCH_COST_TOKENS),
-        "fill": lambda l: fill(l, args.batch_size, DEFAULT_MAX_BATCH_TOKENS),
+        "cpu": lambda l: plan_batches(l, args.batch_size, MAX_BATCH_TOKENS, CPU_BATCH_COST_TOKENS),
+        "gpu": lambda l: plan_batches(l, args.batch_size, MAX_BATCH_TOKENS, GPU_BATCH_COST_TOKENS),
+        "fill": lambda l: fill(l, args.batch_size, MAX_BATCH_TOKENS),
     }
     real = int(lengths.sum())
     print(f"CISI: {len(lengths)} documents, {real:,} tokens, chunks of {args.chunk_size}, batch_size {args.batch_size}")

@@ -178,13 +178,6 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _source_info(folder: Path) -> dict[str, Any]:
-    """Provenance a saved gte-onnx checkpoint (export --save-checkpoint) carries about itself."""
-    from gte_onnx.export.checkpoint import saved_provenance
-
-    return saved_provenance(folder)
-
-
 def compute_reference(
     model: str,
     out: str | os.PathLike | None = None,
@@ -204,7 +197,7 @@ def compute_reference(
     "transformers", or "auto" (sentence-transformers where it applies).
     """
     torch = _imports()
-    from gte_onnx.export.checkpoint import load_checkpoint, locate, read_max_length, read_pooling
+    from gte_onnx.export.checkpoint import load_checkpoint, locate, read_max_length, read_pooling, saved_provenance
 
     if threads:
         torch.set_num_threads(int(threads))
@@ -230,7 +223,7 @@ def compute_reference(
     token_ids, outputs = runner(items)
     # A checkpoint saved by `export --random-weights --save-checkpoint` holds seeded random weights: its
     # note says so, and the reference made from it says the same as the folder exported with it.
-    note = {} if random_weights else _source_info(folder)
+    note = {} if random_weights else saved_provenance(folder)
     provenance = {
         "model": str(model),
         "model_id": info.get("model_id", str(model)),
@@ -373,7 +366,9 @@ def _sentence_transformers_runner(torch, folder: Path, model_id: str, revision: 
         lengths = [len(ids) for ids in st.tokenizer(list(items), truncation=True, max_length=max_length)["input_ids"]]
         return _run_batches(items, lengths, run_batch)
 
-    source = _source_info(folder)
+    from gte_onnx.export.checkpoint import saved_provenance
+
+    source = saved_provenance(folder)
     info = {
         "task": "embedding",
         "backend": "sentence-transformers",

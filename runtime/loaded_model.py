@@ -10,9 +10,9 @@ from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
+from gte_onnx import defaults
 from gte_onnx.inference.batching import (
     CPU_BATCH_COST_TOKENS,
-    DEFAULT_MAX_BATCH_TOKENS,
     GPU_BATCH_COST_TOKENS,
     pad_batch,
     pad_rows,
@@ -48,7 +48,7 @@ class LoadedModel:
         variant: str = "auto",
         providers: Sequence[str] | str | None = None,
         threads: int | None = None,
-        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        max_batch_tokens: int = defaults.MAX_BATCH_TOKENS,
         truncate: str = "end",
         revision: str | None = None,
         verify: bool = True,

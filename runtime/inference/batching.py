@@ -13,7 +13,6 @@ from typing import Sequence
 import numpy as np
 from gte_onnx import defaults
 
-DEFAULT_MAX_BATCH_TOKENS = defaults.MAX_BATCH_TOKENS
 
 # What one more batch costs, in padded tokens' worth of compute. On the CPU a session run of the full-size
 # int8 model costs ~10 ms beyond its tokens (the weights streamed once more) at ~0.5 ms a token: 20 tokens.
@@ -29,7 +28,7 @@ GPU_BATCH_COST_TOKENS = 1 << 30
 def plan_batches(
     lengths: Sequence[int],
     batch_size: int,
-    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+    max_batch_tokens: int = defaults.MAX_BATCH_TOKENS,
     batch_cost_tokens: int = CPU_BATCH_COST_TOKENS,
 ) -> list[np.ndarray]:
     """Indices of each batch, longest inputs first.

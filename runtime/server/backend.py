@@ -18,7 +18,7 @@ from typing import Hashable, Protocol, Sequence
 
 import numpy as np
 
-from gte_onnx.inference.batching import DEFAULT_MAX_BATCH_TOKENS
+from gte_onnx import defaults
 from ..errors import InputTooLongError, InvalidInputError
 from gte_onnx.loaded_model import LoadedModel
 from gte_onnx.inference.pooling import embedding_postprocess
@@ -77,7 +77,7 @@ class OnnxBackend:
         variant: str = "auto",
         providers: Sequence[str] | str | None = None,
         threads: int | None = None,
-        max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS,
+        max_batch_tokens: int = defaults.MAX_BATCH_TOKENS,
         max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         **resolution,
     ):

@@ -7,11 +7,11 @@ import logging
 import os
 import sys
 
+from gte_onnx import defaults
 from gte_onnx.cli.errors import verb_main
 from ..errors import missing_dependency
 from .backend import DEFAULT_MAX_BATCH_SIZE
 from .settings import (
-    DEFAULT_MAX_BATCH_TOKENS,
     DEFAULT_MAX_CLIENT_BATCH_SIZE,
     DEFAULT_MAX_CONCURRENT_REQUESTS,
     DEFAULT_PAYLOAD_LIMIT,
@@ -60,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "when the request names an OpenAI model (text-embedding-3-small...), else takes them as "
                         "this model's ids; model: always this model's ids; tiktoken[:ENCODING]: always tiktoken "
                         "ids (ENCODING, else the requested model's, else cl100k_base)")
-    parser.add_argument("--max-batch-tokens", type=positive_int, default=DEFAULT_MAX_BATCH_TOKENS,
+    parser.add_argument("--max-batch-tokens", type=positive_int, default=defaults.MAX_BATCH_TOKENS,
                         help="tokens taken from the queue per step, and padded tokens (rows x longest) per model run")
     parser.add_argument("--max-batch-size", type=positive_int, default=DEFAULT_MAX_BATCH_SIZE,
                         help="rows per model run (as Embedder.encode's batch_size)")

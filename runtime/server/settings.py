@@ -13,7 +13,6 @@ from gte_onnx import defaults
 # TEI's defaults, except the request size: OpenAI clients send what OpenAI accepts (LangChain: up to 1000
 # inputs and 300,000 tokens per request, as token ids of up to 8 bytes each in JSON), and the token-budget
 # queue bounds memory whatever the request size.
-DEFAULT_MAX_BATCH_TOKENS = defaults.MAX_BATCH_TOKENS
 DEFAULT_MAX_CONCURRENT_REQUESTS = 512
 DEFAULT_MAX_CLIENT_BATCH_SIZE = 2048  # OpenAI's own limit of inputs per request
 DEFAULT_PAYLOAD_LIMIT = 4_000_000  # bytes of request body; the tokenizer never sees more
@@ -26,7 +25,7 @@ class ServerSettings:
     model_name: str
     aliases: tuple[str, ...] = ()
     api_key: str | None = None
-    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    max_batch_tokens: int = defaults.MAX_BATCH_TOKENS
     max_concurrent_requests: int = DEFAULT_MAX_CONCURRENT_REQUESTS
     max_client_batch_size: int = DEFAULT_MAX_CLIENT_BATCH_SIZE
     payload_limit: int = DEFAULT_PAYLOAD_LIMIT

@@ -10,7 +10,7 @@ chosen here:
   standard Attention (its CPU kernel runs a float mask in its tiled pass, where MultiHeadAttention with a
   bias runs unfused) on windows gathered as (blocks, 3w, D) rows, no transpose; below opset 23 it is
   com.microsoft MultiHeadAttention on windows gathered straight into its (blocks, heads, 3w, d) layout.
-  The CUDA variants get MultiHeadAttention back (quantize.fp16.attention_for_cuda): ORT 1.32's CUDA
+  The CUDA variants get MultiHeadAttention back (quantize.attention.attention_for_cuda): ORT 1.32's CUDA
   Attention is unfused.
 - Global layers: MultiHeadAttention too, whose CPU kernel takes its flash path (tiled, O(L) memory) only
   when it gets no mask input. The key padding is therefore folded into the dot product: q gets an extra
@@ -415,7 +415,7 @@ class _Writer(_LayerWriter):
         CPU kernel runs a float mask in its tiled pass, where MultiHeadAttention with a bias runs unfused
         QK^T, softmax, AV (same result to the bit; the int8 gte 0.96x the latency at 1x128, 0.86x at 1x2048,
         2 threads). ORT 1.32's CUDA Attention is unfused, so the CUDA variants get MultiHeadAttention back
-        (quantize.fp16.attention_for_cuda)."""
+        (quantize.attention.attention_for_cuda)."""
         g, p = self.g, self.p
         scale = 1.0 / math.sqrt(p.head_dim)
         if self.opset >= 23:

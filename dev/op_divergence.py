@@ -9,9 +9,10 @@ optimisation level "none" (the level the int8 file loads at) and one thread, and
 whose outputs differ (op type, max |diff|) and the final output's max |diff|. With --u8-weights the
 graph's s8 MatMulIntegerToFloat weights are first rewritten to u8 with zero point 128 (exact, lossless),
 which takes the integer GEMMs off the saturating u8 x s8 path: what then still differs is float
-arithmetic. With --plain-attention every com.microsoft MultiHeadAttention (3D q/k/v, an optional additive
-bias) is written out as MatMul, a softmax of ReduceMax/Sub/Exp/ReduceSum/Div and MatMul, the ops that
-dev/isa_invariant_ops.py finds equal on both instruction sets. The finding is in docs/cpu-support.md.
+arithmetic. With --plain-attention the attention nodes of an int8 file built with `--int8-attention fused`
+are written out as plain ops by quantize.attention.plain_attention (what `gte-onnx quantize` now does
+itself), the ops that dev/isa_invariant_ops.py finds equal on both instruction sets. The finding is in
+docs/cpu-support.md.
 """
 
 from __future__ import annotations
@@ -51,64 +52,6 @@ def u8_weights(model) -> int:
             node.input.append("")
         node.input[5] = done[b]
     return len(done)
-
-
-def plain_attention(model) -> int:
-    """Rewrite each MultiHeadAttention node (query, key, value as (B, S, heads x d), optional additive
-    attention bias as its 6th input) as plain ops, in place; returns how many."""
-    from onnx import helper as h, numpy_helper
-
-    graph = model.graph
-    opset = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=13)
-    done, new_nodes = 0, []
-    for node in graph.node:
-        supported = (node.op_type == "MultiHeadAttention" and len(node.input) >= 3 and all(node.input[:3])
-                     and not any(node.input[3:5]))
-        if not supported:
-            new_nodes.append(node)
-            continue
-        attrs = {a.name: h.get_attribute_value(a) for a in node.attribute}
-        heads, p = int(attrs["num_heads"]), f"{node.name or node.output[0]}/plain"
-        q, k, v = node.input[:3]
-        bias = node.input[5] if len(node.input) > 5 and node.input[5] else None
-        shape = numpy_helper.from_array(np.array([0, 0, heads, -1], np.int64), f"{p}/heads_shape")
-        flat = numpy_helper.from_array(np.array([0, 0, -1], np.int64), f"{p}/flat_shape")
-        axis = numpy_helper.from_array(np.array([-1], np.int64), f"{p}/axis")
-        graph.initializer.extend([shape, flat, axis])
-        ops = [
-            h.make_node("Reshape", [q, shape.name], [f"{p}/q4"]),
-            h.make_node("Transpose", [f"{p}/q4"], [f"{p}/qt"], perm=[0, 2, 1, 3]),
-            h.make_node("Reshape", [k, shape.name], [f"{p}/k4"]),
-            h.make_node("Transpose", [f"{p}/k4"], [f"{p}/kt"], perm=[0, 2, 3, 1]),
-            h.make_node("Reshape", [v, shape.name], [f"{p}/v4"]),
-            h.make_node("Transpose", [f"{p}/v4"], [f"{p}/vt"], perm=[0, 2, 1, 3]),
-            h.make_node("MatMul", [f"{p}/qt", f"{p}/kt"], [f"{p}/qk"]),
-        ]
-        scale = attrs.get("scale")
-        if scale is None:
-            raise ValueError(f"{node.name}: MultiHeadAttention without a scale attribute is not handled")
-        graph.initializer.append(numpy_helper.from_array(np.array(scale, np.float32), f"{p}/scale"))
-        ops.append(h.make_node("Mul", [f"{p}/qk", f"{p}/scale"], [f"{p}/scores"]))
-        scores = f"{p}/scores"
-        if bias:
-            ops.append(h.make_node("Add", [scores, bias], [f"{p}/biased"]))
-            scores = f"{p}/biased"
-        ops += [
-            (h.make_node("ReduceMax", [scores, axis.name], [f"{p}/peak"], keepdims=1) if opset >= 18
-             else h.make_node("ReduceMax", [scores], [f"{p}/peak"], keepdims=1, axes=[-1])),
-            h.make_node("Sub", [scores, f"{p}/peak"], [f"{p}/shifted"]),
-            h.make_node("Exp", [f"{p}/shifted"], [f"{p}/exp"]),
-            h.make_node("ReduceSum", [f"{p}/exp", axis.name], [f"{p}/sum"], keepdims=1),
-            h.make_node("Div", [f"{p}/exp", f"{p}/sum"], [f"{p}/probs"]),
-            h.make_node("MatMul", [f"{p}/probs", f"{p}/vt"], [f"{p}/ctx"]),
-            h.make_node("Transpose", [f"{p}/ctx"], [f"{p}/ctx_t"], perm=[0, 2, 1, 3]),
-            h.make_node("Reshape", [f"{p}/ctx_t", flat.name], [node.output[0]]),
-        ]
-        new_nodes += ops
-        done += 1
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    return done
 
 
 def child(spec_path: str, out: str) -> None:
@@ -153,7 +96,9 @@ def main(argv: list[str]) -> int:
     if args.u8_weights:
         print(f"rewrote {u8_weights(model)} s8 weights to u8 (zero point 128)")
     if args.plain_attention:
-        print(f"wrote {plain_attention(model)} MultiHeadAttention nodes as plain ops")
+        from gte_onnx.quantize.attention import plain_attention
+
+        print(f"attention: {plain_attention(model).record()}")
     producer = {o: n for n in model.graph.node for o in n.output}
     known = {o.name for o in model.graph.output}
     for node in model.graph.node:

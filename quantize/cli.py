@@ -22,7 +22,7 @@ with 1 when a variant fails its fidelity gate (it is still recorded, and variant
 
 def build_parser() -> argparse.ArgumentParser:
     from .build import DEFAULT_VARIANTS, EVALUATIONS, VARIANTS
-    from .int8 import METHODS, PER_TOKEN_KERNELS, Int8Options
+    from .int8 import ATTENTION_FORMS, METHODS, PER_TOKEN_KERNELS, Int8Options
     from .q4 import ACCURACY_LEVELS, BLOCK_SIZES, ROUNDINGS, Q4Options
 
     p = argparse.ArgumentParser(
@@ -56,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "blocks of 128 (default: %(default)s)")
     g.add_argument("--smooth-alpha", type=float, default=None,
                    help="apply SmoothQuant with this alpha before quantizing (off by default)")
+    g.add_argument("--int8-attention", choices=ATTENTION_FORMS, default=Int8Options.attention,
+                   help="plain: attention as plain ops, the same vectors on every x86 CPU (default); "
+                        "fused: ORT's attention kernels, faster on long inputs on this CPU family only")
     g.add_argument("--int8-table-bits", type=int, choices=(4, 8), default=Int8Options.embedding_bits,
                    help="bits of the token embedding table in the int8 file (default: %(default)s)")
     g = p.add_argument_group("q4")
@@ -106,7 +109,7 @@ def _options(args):
                              quantize_embeddings=not args.float_embeddings,
                              per_token_roles=_roles(args.per_token_roles),
                              per_token_kernel=args.per_token_kernel, smooth_alpha=args.smooth_alpha,
-                             embedding_bits=args.int8_table_bits),
+                             embedding_bits=args.int8_table_bits, attention=args.int8_attention),
             q4=Q4Options(block_size=args.block_size, accuracy_level=args.accuracy_level, symmetric=args.symmetric,
                          min_weight_elements=min_elements, quantize_embeddings=not args.float_embeddings,
                          int8_roles=_roles(args.q4_8bit_roles), activation_aware=not args.no_awq,

@@ -23,6 +23,7 @@ import numpy as np
 from gte_onnx.errors import missing_dependency
 
 from . import graph
+from .attention import attention_for_cuda
 
 # Ops kept in float32 (inputs cast up, outputs cast down): every LayerNorm flavour the exporters and
 # ORT's optimiser produce.
@@ -150,42 +151,6 @@ def typed_for_conversion(model) -> tuple[Any, bool]:
     from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
     return SymbolicShapeInference.infer_shapes(model, auto_merge=True, guess_output_rank=True), True
-
-
-_ATTENTION_ATTRIBUTES = {"q_num_heads", "kv_num_heads", "scale"}
-# Attributes ORT writes out at their defaults when it saves a graph; any other value is not matched.
-_ATTENTION_DEFAULTS = {"is_causal": 0, "qk_matmul_output_mode": 0, "softcap": 0.0, "softmax_precision": 0}
-
-
-def attention_for_cuda(model) -> int:
-    """Rewrite each standard Attention node of `model` (If branches included) that MultiHeadAttention can
-    run, in place, as MultiHeadAttention; returns how many. Matched: 3D inputs (q_num_heads given), as many
-    key as query heads, no past/present state, attributes only q_num_heads, kv_num_heads, scale (and others
-    at their defaults). The mask becomes MultiHeadAttention's additive attention bias, which must be 4D:
-    the writer's masks are, (B, 1, L, L) and (blocks, 1, w, 3w)."""
-    from onnx import helper
-
-    from gte_onnx.convert.graph_optimize import all_nodes
-
-    rewritten = 0
-    for node in all_nodes(model.graph):
-        if node.op_type != "Attention" or node.domain not in ("", "ai.onnx"):
-            continue
-        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if any(attributes.pop(name) != default for name, default in _ATTENTION_DEFAULTS.items() if name in attributes):
-            continue
-        heads = attributes.get("q_num_heads", 0)
-        if (set(attributes) - _ATTENTION_ATTRIBUTES or not heads or attributes.get("kv_num_heads") != heads
-                or len(node.input) not in (3, 4) or len(node.output) != 1):
-            continue
-        inputs = list(node.input[:3]) + (["", "", node.input[3]] if len(node.input) == 4 and node.input[3] else [])
-        extra = {"scale": attributes["scale"]} if "scale" in attributes else {}
-        node.CopyFrom(helper.make_node("MultiHeadAttention", inputs, list(node.output), name=node.name,
-                                       domain="com.microsoft", num_heads=heads, **extra))
-        rewritten += 1
-    if rewritten and not any(o.domain == "com.microsoft" for o in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
-    return rewritten
 
 
 def convert_to_fp16(model) -> tuple[Any, dict[str, Any]]:

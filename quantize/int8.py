@@ -5,8 +5,9 @@ MatMulIntegerToFloat: per_token.py), so a vector never depends on the other text
 tokens do not coarsen the rest. GEMMs that read one tensor share its quantization, and the writer's fused
 q/k/v and GeGLU GEMMs become one GEMM per part (no Split copy). Activations stay uint8 around 128: MLAS's
 s8 x s8 kernel is far slower than its u8 x s8 one. The 4-bit embedding table (embedding.py) keeps the gte file
-under 150 MB. The file is saved as ORT's CPU EP optimises it and loads with optimisations off
-(graph.save_variant). The measurements and trials behind each choice: docs/quantization.md.
+under 150 MB. Attention is written as plain ops (attention.py), so every x86 CPU computes the same vectors.
+The file is saved as ORT's CPU EP optimises it and loads with optimisations off (graph.save_variant). The
+measurements and trials behind each choice: docs/quantization.md.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ import numpy as np
 from gte_onnx.errors import missing_dependency
 
 from . import graph
+from .attention import plain_attention
 from .embedding import quantize_embedding_tables
 from .per_token import per_token_int8
 
 METHODS = ("dynamic", "static")
 ROLES = ("square", "expand", "contract")
 PER_TOKEN_KERNELS = ("integer", "nbits")
+ATTENTION_FORMS = ("plain", "fused")
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,14 @@ class Int8Options:
     # Token embedding table: 8 bits (a scale per row) or 4 bits (blocks of embedding_block_size).
     embedding_bits: int = 4
     embedding_block_size: int = 32
+    # "plain": attention as plain ops (attention.py), so the file computes the same vectors on every x86
+    # CPU, VNNI or not; "fused": ORT's attention kernels, faster on long inputs but ISA-dependent by an ulp,
+    # which per-token quantization turns into 1e-3-sized moves (cost and figures: docs/cpu-support.md).
+    attention: str = "plain"
 
     def __post_init__(self):
+        if self.attention not in ATTENTION_FORMS:
+            raise ValueError(f"attention must be one of {ATTENTION_FORMS}, got {self.attention!r}")
         if self.per_token_kernel not in PER_TOKEN_KERNELS:
             raise ValueError(f"per_token_kernel must be one of {PER_TOKEN_KERNELS}, got {self.per_token_kernel!r}")
         if self.method not in METHODS:
@@ -106,6 +115,7 @@ def make_int8(
         inside = (f"per token and block of {options.block_size} inside MatMulNBits ({roles})"
                   if options.per_token_kernel == "nbits" else f"per token, symmetric uint8 ({roles})")
         activations = f"{activations}; {inside}" if activations else inside
+    attention = plain_attention(result).record() if options.attention == "plain" else {"form": "fused"}
     data_files = graph.save_variant(result, dst, cpu_optimized=True)
     saved = graph.import_onnx().load(str(dst), load_external_data=False)
     recipe = {
@@ -124,6 +134,7 @@ def make_int8(
         "embedding_table": table,
         "smoothing": smoothing,
         "graph_changes": prepared,
+        "attention": attention,
         "op_counts": graph.op_counts(saved),
         # Saved as ORT's CPU EP optimises it (graph.save_variant): loaded with optimisations off.
         "session_optimization": "none",

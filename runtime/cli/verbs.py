@@ -135,7 +135,7 @@ def info_main(argv: list[str]) -> int:
     parser.add_argument("model", help="model folder or hub id")
     add_model_source_options(parser)
     args = parser.parse_args(argv)
-    from gte_onnx.inference.kernel_family import FLOAT_KINDS, covered, folder_records, variant_kind
+    from gte_onnx.inference.kernel_family import FLOAT_KINDS, arithmetic, covered, folder_records
     from gte_onnx.folder.manifest import Manifest
     from gte_onnx.sources.resolve import resolve_model
 
@@ -146,7 +146,7 @@ def info_main(argv: list[str]) -> int:
           + (" (random weights)" if manifest.source.get("random_weights") else ""))
     for name, v in manifest.variants.items():
         gate = "passes" if v.passes_gate() else "FAILS/unmeasured"
-        kind = variant_kind(v)
+        kind = arithmetic(v)
         where = ", ".join(
             f"{family} {'passed' if r.get('passed') else 'FAILED'}"
             + (f" (holds on {', '.join(covered(kind, family))})" if kind not in FLOAT_KINDS and covered(kind, family) else "")

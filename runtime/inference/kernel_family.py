@@ -4,7 +4,9 @@ variant's fidelity was verified.
 Quantized variants do not compute the same numbers on every CPU (docs/cpu-support.md):
 - x86 without VNNI runs ORT's u8 x s8 GEMM through `vpmaddubsw`, whose 16-bit pair sums saturate: the int8
   file's vectors move. ORT's own s8 -> u8 weight rewrite (session option `session.x64quantprecision`, applied
-  by the extended graph optimiser) makes them exact again: that is the "u8-weights" route.
+  by the extended graph optimiser) makes the integer GEMMs exact again: that is the "u8-weights" route. The
+  whole file then computes the VNNI vectors only if its attention is plain ops (the int8 recipe's default):
+  ORT's fused attention kernels add softmax sums in an ISA-specific order.
 - ARM64 computes the integer GEMMs exactly, but per-token quantization ties round the other way, and q4's
   kernels differ on every family: those need their gate measured on the family itself.
 
@@ -40,11 +42,15 @@ FAMILIES: dict[str, str] = {
 # every emulated family): their own gate holds everywhere.
 FLOAT_KINDS = ("fp32", "fp16", "bf16")
 
-# Families that compute a kind's outputs identically, through the route route_for() takes (measured under
-# emulation by tests/quantize/test_cpu_families.py; figures in docs/cpu-support.md). A verification on
-# one family of a group holds for the others.
+# Families that compute an arithmetic's outputs identically, through the route route_for() takes (measured
+# under emulation by tests/quantize/test_cpu_families.py; figures in docs/cpu-support.md). A verification on
+# one family of a group holds for the others. int8 with ORT's fused attention differs between AVX-512 and
+# AVX2 by an ulp inside the softmax, which per-token quantization spreads (1e-3 on long inputs); with
+# attention as plain ops (the recipe's `attention.form`) x86 agrees to the bit.
+PLAIN_ATTENTION_INT8 = "int8+plain-attention"
 SAME_ARITHMETIC: dict[str, tuple[frozenset[str], ...]] = {
-    "int8": (frozenset({"x86-vnni", "x86-avx2"}), frozenset({"arm64", "arm64-dot"})),
+    PLAIN_ATTENTION_INT8: (frozenset({"x86-vnni", "x86-avx2"}), frozenset({"arm64", "arm64-dot"})),
+    "int8": (frozenset({"arm64", "arm64-dot"}),),
 }
 
 LOCAL_RECORDS = "verified-families.json"
@@ -154,6 +160,15 @@ def variant_kind(variant) -> str:
     return str(variant.recipe.get("kind") or variant.fidelity.get("gate_kind") or variant.name)
 
 
+def arithmetic(variant) -> str:
+    """The variant's kind, qualified where the file's form decides which families agree (SAME_ARITHMETIC)."""
+    kind = variant_kind(variant)
+    attention = variant.recipe.get("attention")
+    if kind == "int8" and isinstance(attention, Mapping) and attention.get("form") == "plain ops":
+        return PLAIN_ATTENTION_INT8
+    return kind
+
+
 def route_for(variant, family: str) -> Route:
     if variant_kind(variant) == "int8" and family == "x86-avx2":
         return U8_WEIGHTS
@@ -161,7 +176,8 @@ def route_for(variant, family: str) -> Route:
 
 
 def same_arithmetic(kind: str, a: str, b: str) -> bool:
-    """True when `kind` computes the same outputs on families a and b (through route_for's routes)."""
+    """True when `kind` (an `arithmetic()`) computes the same outputs on families a and b (through
+    route_for's routes)."""
     if a == b or kind in FLOAT_KINDS:
         return True
     return any(a in group and b in group for group in SAME_ARITHMETIC.get(kind, ()))
@@ -208,7 +224,7 @@ def folder_records(variant) -> dict[str, Mapping[str, Any]]:
 
 def verification(variant, family: str, local: Mapping[str, Mapping[str, Any]] | None = None) -> Verification:
     """Whether `variant`'s fidelity gate has been measured on `family` (or a family of the same arithmetic)."""
-    kind = variant_kind(variant)
+    kind = arithmetic(variant)
     sources = [("folder", folder_records(variant))]
     sources.append(("local", local_records(variant.sha256) if local is None else local))
     for where, records in sources:

@@ -227,45 +227,19 @@ def _attention_ops(model) -> dict[str, int]:
     return {"Attention": counts.get("Attention", 0), "MultiHeadAttention": counts.get("com.microsoft:MultiHeadAttention", 0)}
 
 
-def test_cpu_variants_keep_the_standard_attention_and_fp16_gets_multiheadattention(quantized):
-    """The short local layers' band-masked attention: the standard Attention op on the CPU variants (faster on
-    ORT's CPU EP), com.microsoft MultiHeadAttention in the CUDA variant (ORT's CUDA Attention is unfused)."""
+def test_attention_forms_per_variant(quantized):
+    """The short local layers' band-masked attention: the standard Attention op on fp32 and q4 (faster on
+    ORT's CPU EP), com.microsoft MultiHeadAttention in the CUDA variant (ORT's CUDA Attention is unfused), and
+    plain ops in int8 (the same vectors on every x86 CPU), every node of them, as its recipe records."""
     fp32 = _attention_ops(_load(quantized, "fp32"))
-    assert fp32["Attention"] > 0
-    for name in ("int8", "q4"):
-        assert _attention_ops(_load(quantized, name)) == fp32, name
+    assert fp32["Attention"] > 0 and fp32["MultiHeadAttention"] > 0
+    assert _attention_ops(_load(quantized, "q4")) == fp32
+    assert _attention_ops(_load(quantized, "int8")) == {"Attention": 0, "MultiHeadAttention": 0}
+    assert Manifest.load(quantized).variants["int8"].recipe["attention"] == {
+        "form": "plain ops", "rewritten": fp32["Attention"] + fp32["MultiHeadAttention"], "left_fused": {}}
     assert _attention_ops(_load(quantized, "fp16")) == {
         "Attention": 0, "MultiHeadAttention": fp32["MultiHeadAttention"] + fp32["Attention"]}
     assert Manifest.load(quantized).variants["fp16"].recipe["attention_ops_as_multiheadattention"] == fp32["Attention"]
-
-
-def _attention_graph(**attributes):
-    from onnx import TensorProto, helper
-
-    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("q", "k", "v", "mask")]
-    node = helper.make_node("Attention", ["q", "k", "v", "mask"], ["out"], **attributes)
-    graph = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
-
-
-def test_attention_for_cuda_gives_the_same_result_and_leaves_what_it_cannot_run():
-    from gte_onnx.quantize.fp16 import attention_for_cuda
-
-    rng = np.random.default_rng(0)
-    feeds = {n: rng.standard_normal((2, 5, 8), dtype=np.float32) for n in ("q", "k", "v")}
-    feeds["mask"] = np.where(rng.random((2, 1, 5, 5)) < 0.3, -1e4, 0).astype(np.float32)
-    model = _attention_graph(q_num_heads=2, kv_num_heads=2, scale=0.3, is_causal=0, softcap=0.0)
-    expected = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
-    assert attention_for_cuda(model) == 1
-    assert [(n.domain, n.op_type) for n in model.graph.node] == [("com.microsoft", "MultiHeadAttention")]
-    assert list(model.graph.node[0].input) == ["q", "k", "v", "", "", "mask"]
-    got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feeds)[0]
-    np.testing.assert_allclose(got, expected, atol=1e-6)
-    for attributes in ({}, {"q_num_heads": 4, "kv_num_heads": 2}, {"q_num_heads": 2, "kv_num_heads": 2, "is_causal": 1},
-                       {"q_num_heads": 2, "kv_num_heads": 2, "softcap": 30.0}):
-        untouched = _attention_graph(**attributes)
-        assert attention_for_cuda(untouched) == 0, attributes
-        assert untouched.graph.node[0].op_type == "Attention"
 
 
 def test_a_hard_linked_weights_file_is_a_model_folder_error_with_the_way_out(tiny_gte_dir, tmp_path):

@@ -21,7 +21,9 @@ from gte_onnx.errors import ModelFolderError, UnverifiedVariantWarning
 from gte_onnx.inference.kernel_family import (
     FAMILIES,
     NATIVE,
+    PLAIN_ATTENTION_INT8,
     U8_WEIGHTS,
+    arithmetic,
     route_for,
     same_arithmetic,
     verification,
@@ -52,10 +54,11 @@ def test_this_cpu_has_a_known_family():
         assert (family == "x86-vnni") == kernel_family.u8s8_gemm_is_exact()
 
 
-def _variant(kind: str, fidelity=None, verified_on=None):
+def _variant(kind: str, fidelity=None, verified_on=None, attention="plain ops"):
     from gte_onnx.folder.manifest import Variant
 
-    return Variant(name=kind, file=f"model_{kind}.onnx", sha256=kind * 8, bytes=1, recipe={"kind": kind},
+    recipe = {"kind": kind} | ({"attention": {"form": attention}} if kind == "int8" and attention else {})
+    return Variant(name=kind, file=f"model_{kind}.onnx", sha256=kind * 8, bytes=1, recipe=recipe,
                    fidelity=fidelity if fidelity is not None else {"passed": True, "kernel_family": "x86-vnni"},
                    verified_on=verified_on or {})
 
@@ -71,10 +74,19 @@ def test_int8_takes_the_u8_weights_route_only_where_u8s8_saturates():
 
 def test_a_gate_counts_only_on_families_of_the_same_arithmetic():
     int8, q4 = _variant("int8"), _variant("q4")
-    assert same_arithmetic("int8", "x86-avx2", "x86-vnni") and not same_arithmetic("q4", "x86-avx2", "x86-vnni")
-    assert not same_arithmetic("int8", "arm64", "x86-vnni") and same_arithmetic("fp32", "arm64", "x86-vnni")
+    assert arithmetic(int8) == PLAIN_ATTENTION_INT8 and arithmetic(q4) == "q4"
+    assert same_arithmetic(PLAIN_ATTENTION_INT8, "x86-avx2", "x86-vnni")
+    assert not same_arithmetic("q4", "x86-avx2", "x86-vnni")
+    assert not same_arithmetic(PLAIN_ATTENTION_INT8, "arm64", "x86-vnni") and same_arithmetic("fp32", "arm64", "x86-vnni")
     assert verification(int8, "x86-avx2", local={}).verified  # through the exact route
     assert verification(int8, "x86-avx2", local={}).measured_on == "x86-vnni"
+    # ORT's fused attention adds in another order on AVX2: an int8 file that keeps it (older folders,
+    # --int8-attention fused) is not exact there, so its gate must be measured on that family.
+    fused = _variant("int8", attention="fused")
+    assert arithmetic(fused) == "int8" and not same_arithmetic("int8", "x86-avx2", "x86-vnni")
+    assert verification(fused, "x86-avx2", local={}).state == "unverified"
+    assert verification(_variant("int8", attention=None), "x86-avx2", local={}).state == "unverified"
+    assert same_arithmetic("int8", "arm64", "arm64-dot")
     assert not verification(q4, "x86-avx2", local={}).verified
     assert verification(int8, "arm64-dot", local={}).state == "unverified"
     # A measurement recorded in the folder for the family, or made on this machine, counts.

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from gte_onnx.inference.kernel_family import PLAIN_ATTENTION_FORM
 
 # Query rows per block of plain global attention: the scores of one block, (batch, heads, rows, keys), are
 # all that is materialised at a time, so memory stays O(length) like the flash kernel's.
@@ -36,7 +37,7 @@ class AttentionRewrite:
     left: dict[str, str] = field(default_factory=dict)
 
     def record(self) -> dict[str, Any]:
-        return {"form": "plain ops" if not self.left else "partly plain", "rewritten": self.rewritten,
+        return {"form": PLAIN_ATTENTION_FORM if not self.left else "partly plain", "rewritten": self.rewritten,
                 "left_fused": dict(self.left)}
 
 
@@ -127,8 +128,8 @@ def _ranks(graph, outer: dict[str, int], chain: tuple) -> dict[str, int]:
                     ranks[out] = inner[b_out.name]
             continue
         elif op == "Constant":
-            values = _constant_values(chain, node.output[0])
-            rank = None if values is None else values.ndim
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            rank = None if value is None else len(value.dims)
         if rank is not None:
             for out in node.output[:1] if op in _FIRST_OUTPUT_ONLY else node.output:
                 ranks[out] = rank
@@ -156,8 +157,9 @@ def _match(node, ranks: dict[str, int], chain: tuple) -> tuple[_Match | None, st
     if node.op_type == "Attention" and node.domain in ("", "ai.onnx"):
         if any(attributes.get(name, default) != default for name, default in _ATTENTION_DEFAULTS.items()):
             return None, "causal, softcap, a softmax precision or a QK output mode"
-        if set(attributes) - _ATTENTION_ATTRIBUTES - set(_ATTENTION_DEFAULTS):
-            return None, f"attributes {sorted(set(attributes) - _ATTENTION_ATTRIBUTES - set(_ATTENTION_DEFAULTS))}"
+        unknown = set(attributes) - _ATTENTION_ATTRIBUTES - set(_ATTENTION_DEFAULTS)
+        if unknown:
+            return None, f"attributes {sorted(unknown)}"
         heads = attributes.get("q_num_heads")
         if not heads or attributes.get("kv_num_heads") != heads:
             return None, "not 3D inputs with as many key as query heads"
@@ -223,18 +225,25 @@ def _heads_first(w: _Writer, x: str, heads: int, perm: list[int]) -> str:
     return w.op("Transpose", [w.op("Reshape", [x, w.const([0, 0, heads, -1])])], perm=perm)
 
 
+def _split_heads(w: _Writer, m: _Match) -> tuple[str, str, str]:
+    """Scaled queries (B, H, S, d), transposed keys (B, H, d, T) and values (B, H, T, d)."""
+    q = w.op("Mul", [_heads_first(w, m.q, m.heads, [0, 2, 1, 3]), w.const(m.scale, np.float32)])
+    if m.kv_layout == "BNSH":
+        return q, w.op("Transpose", [m.k], perm=[0, 1, 3, 2]), m.v
+    return q, _heads_first(w, m.k, m.heads, [0, 2, 3, 1]), _heads_first(w, m.v, m.heads, [0, 2, 1, 3])
+
+
+def _merge_heads(w: _Writer, context: str, output: str) -> None:
+    """(B, H, S, d) -> the node's (B, S, H x d) output."""
+    w.op("Reshape", [w.op("Transpose", [context], perm=[0, 2, 1, 3]), w.const([0, 0, -1])], output)
+
+
 def _write_plain(w: _Writer, m: _Match, output: str) -> None:
-    q = w.op("Mul", [_heads_first(w, m.q, m.heads, [0, 2, 1, 3]), w.const(m.scale, np.float32)])  # (B,H,S,d)
-    if m.kv_layout == "BSD":
-        k_t = _heads_first(w, m.k, m.heads, [0, 2, 3, 1])  # (B, H, d, T)
-        v = _heads_first(w, m.v, m.heads, [0, 2, 1, 3])  # (B, H, T, d)
-    else:
-        k_t, v = w.op("Transpose", [m.k], perm=[0, 1, 3, 2]), m.v
+    q, k_t, v = _split_heads(w, m)
     scores = w.op("MatMul", [q, k_t])
     if m.mask:
         scores = w.op("Add", [scores, m.mask])
-    context = _softmax_times(w, scores, _with_ones(w, v))
-    w.op("Reshape", [w.op("Transpose", [context], perm=[0, 2, 1, 3]), w.const([0, 0, -1])], output)
+    _merge_heads(w, _softmax_times(w, scores, _with_ones(w, v)), output)
 
 
 def _with_ones(w: _Writer, v: str) -> str:
@@ -252,9 +261,9 @@ def _softmax_times(w: _Writer, scores: str, values_and_ones: str) -> str:
     the column of ones: a GEMM adds along the keys in order, so padding keys (weight exactly 0) appended to a
     row change nothing, and a text's vector stays equal to the bit alone and in a padded batch. ReduceSum
     adds in vector lanes with a scalar tail, whose split moves with the row length."""
-    weights = w.op("Exp", [w.op("Sub", [scores, w.row_max(scores)])])
     from onnx import helper
 
+    weights = w.op("Exp", [w.op("Sub", [scores, w.row_max(scores)])])
     product = w.op("MatMul", [weights, values_and_ones])  # (B, H, S, d + 1)
     context, sums = w.name("context"), w.name("sums")
     width = w.op("Sub", [w.op("Gather", [w.op("Shape", [product]), w.const([3])], axis=0), w.const([1])])
@@ -268,9 +277,7 @@ def _write_blocked(w: _Writer, m: _Match, output: str, block: int) -> None:
     Loop: each block's (B, H, rows, T) scores stay small and cache-resident instead of (B, H, L, T)."""
     from onnx import TensorProto, helper
 
-    q = w.op("Mul", [_heads_first(w, m.q, m.heads, [0, 2, 1, 3]), w.const(m.scale, np.float32)])  # (B,H,L,d)
-    k_t = _heads_first(w, m.k, m.heads, [0, 2, 3, 1])
-    v = _heads_first(w, m.v, m.heads, [0, 2, 1, 3])
+    q, k_t, v = _split_heads(w, m)
     v_ones = _with_ones(w, v)
     shape = w.op("Shape", [q])
     length = w.op("Gather", [shape, w.const([2])], axis=0)  # (1,)
@@ -299,8 +306,7 @@ def _write_blocked(w: _Writer, m: _Match, output: str, block: int) -> None:
     merged = w.op("Reshape", [w.op("Transpose", [stacked], perm=[1, 2, 0, 3, 4]),
                               w.op("Concat", [w.const([0, 0, -1]), w.op("Gather", [w.op("Shape", [v]), w.const([3])], axis=0)],
                                    axis=0)])
-    context = w.op("Slice", [merged, w.const([0]), length, w.const([2])])
-    w.op("Reshape", [w.op("Transpose", [context], perm=[0, 2, 1, 3]), w.const([0, 0, -1])], output)
+    _merge_heads(w, w.op("Slice", [merged, w.const([0]), length, w.const([2])]), output)
 
 
 def plain_attention(model, query_block: int | None = QUERY_BLOCK) -> AttentionRewrite:

@@ -48,6 +48,7 @@ FLOAT_KINDS = ("fp32", "fp16", "bf16")
 # AVX2 by an ulp inside the softmax, which per-token quantization spreads (1e-3 on long inputs); with
 # attention as plain ops (the recipe's `attention.form`) x86 agrees to the bit.
 PLAIN_ATTENTION_INT8 = "int8+plain-attention"
+PLAIN_ATTENTION_FORM = "plain ops"  # recipe.attention.form of a file quantize.attention fully rewrote
 SAME_ARITHMETIC: dict[str, tuple[frozenset[str], ...]] = {
     PLAIN_ATTENTION_INT8: (frozenset({"x86-vnni", "x86-avx2"}), frozenset({"arm64", "arm64-dot"})),
     "int8": (frozenset({"arm64", "arm64-dot"}),),
@@ -164,7 +165,7 @@ def arithmetic(variant) -> str:
     """The variant's kind, qualified where the file's form decides which families agree (SAME_ARITHMETIC)."""
     kind = variant_kind(variant)
     attention = variant.recipe.get("attention")
-    if kind == "int8" and isinstance(attention, Mapping) and attention.get("form") == "plain ops":
+    if kind == "int8" and isinstance(attention, Mapping) and attention.get("form") == PLAIN_ATTENTION_FORM:
         return PLAIN_ATTENTION_INT8
     return kind
 

@@ -146,10 +146,8 @@ def test_multiheadattention_with_a_key_padding_mask_or_unknown_key_rank_is_left(
 
 
 def _attention_graph(**attributes):
-    inputs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("q", "k", "v", "mask")]
     node = helper.make_node("Attention", ["q", "k", "v", "mask"], ["out"], **attributes)
-    graph = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 23)])
+    return _model(node, ["q", "k", "v", "mask"])
 
 
 def test_attention_for_cuda_gives_the_same_result_and_leaves_what_it_cannot_run():
